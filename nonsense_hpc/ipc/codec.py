@@ -1,0 +1,411 @@
+"""Safe encoding of Python values and tensors: a JSON header plus raw buffers, no pickle.
+
+One message is a *frame*::
+
+    prefix    16 bytes: magic b"NHI1", header length u32, buffer count u32, flags u32
+    lengths   8 bytes per buffer (u64, little-endian)
+    header    UTF-8 JSON, the value's structure (below)
+    buffers   raw bytes: tensor and array data (C order), bytes objects
+
+The header is a JSON tree where every JSON *object* is a tag, so user data can never be
+mistaken for structure:
+
+    None, bool, int, str        themselves (ints of any size)
+    float                       itself; {"$f": "nan" | "inf" | "-inf"} when not finite
+    list                        a JSON array
+    tuple                       {"$tuple": [...]}
+    dict                        {"$dict": [[key, value], ...]} (keys: str, int, float,
+                                bool, None, bytes, tuples of these)
+    bytes / bytearray           {"$bytes": buffer index}
+    numpy array / scalar        {"$nd": index, "dtype": descr, "shape": [...], "scalar": b}
+    torch tensor                {"$torch": index, "dtype": "float32", "shape": [...],
+                                "device": "cpu" | "cuda:0"}
+
+Tensors and arrays of any dtype and shape are accepted; non-contiguous ones are made
+contiguous (the only copy), contiguous CPU ones are sent straight from their memory. The
+dtype names follow :mod:`nonsense_hpc.wire` (numpy names, ``bfloat16``) so a tensor
+descriptor reads the same everywhere in the package. CUDA tensors are staged through the
+host and land on the same device index when the receiver has it (else on the CPU).
+
+:func:`encode` walks the whole value first and raises :class:`TypeError` for anything it
+cannot carry, so nothing is ever sent half-way. :func:`read_frame` validates everything it
+reads and raises :class:`~nonsense_hpc.errors.WireError` for malformed input.
+
+Example:
+    >>> import numpy as np
+    >>> enc = encode({"name": "w", "data": np.arange(6.0).reshape(2, 3).T})
+    >>> out = decode(enc.header, enc.buffers)
+    >>> out["name"], out["data"].shape, float(out["data"][2, 1])
+    ('w', (3, 2), 5.0)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from nonsense_hpc.errors import WireError
+
+__all__ = [
+    "MAGIC",
+    "MAX_HEADER_BYTES",
+    "Encoded",
+    "decode",
+    "encode",
+    "frame_buffers",
+    "from_bytes",
+    "read_frame",
+    "to_bytes",
+]
+
+MAGIC = b"NHI1"
+MAX_HEADER_BYTES = 64 * 1024**2
+MAX_BUFFERS = 1 << 20
+MAX_DEPTH = 200
+_PREFIX = struct.Struct("<4sIII")
+_KEY_SCALARS = (str, int, float, bool, type(None), bytes)
+
+
+@dataclass
+class Encoded:
+    """An encoded value: the JSON header and the raw buffers it refers to.
+
+    Attributes:
+        header: UTF-8 JSON bytes.
+        buffers: byte views (zero-copy where the source was contiguous CPU memory).
+        keep: objects that own the memory of ``buffers`` (kept alive until sent).
+    """
+
+    header: bytes
+    buffers: list[memoryview] = field(default_factory=list)
+    keep: list[Any] = field(default_factory=list)
+
+    @property
+    def nbytes(self) -> int:
+        """Total size of the frame (prefix, lengths, header and buffers)."""
+        return (_PREFIX.size + 8 * len(self.buffers) + len(self.header)
+                + sum(b.nbytes for b in self.buffers))
+
+
+class _Encoder:
+    def __init__(self) -> None:
+        self.buffers: list[memoryview] = []
+        self.keep: list[Any] = []
+        self.path: set[int] = set()
+
+    def add(self, view: memoryview, owner: Any) -> int:
+        self.buffers.append(view)
+        self.keep.append(owner)
+        return len(self.buffers) - 1
+
+    def walk(self, value: Any, depth: int, where: str) -> Any:
+        if depth > MAX_DEPTH:
+            raise TypeError(f"value nested deeper than {MAX_DEPTH} levels at {where}")
+        if value is None or isinstance(value, bool | str):
+            return value
+        if isinstance(value, int):
+            return int(value)
+        if isinstance(value, float):
+            if math.isfinite(value):
+                return float(value)
+            return {"$f": "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")}
+        if isinstance(value, bytes | bytearray | memoryview):
+            view = memoryview(value).cast("B") if isinstance(value, memoryview) else (
+                memoryview(value))
+            if isinstance(value, memoryview) and not value.c_contiguous:
+                raise TypeError(f"non-contiguous memoryview at {where}")
+            return {"$bytes": self.add(view, value)}
+        if isinstance(value, list | tuple):
+            ident = id(value)
+            if ident in self.path:
+                raise TypeError(f"circular reference at {where}")
+            self.path.add(ident)
+            items = [self.walk(v, depth + 1, f"{where}[{i}]") for i, v in enumerate(value)]
+            self.path.discard(ident)
+            return items if isinstance(value, list) else {"$tuple": items}
+        if isinstance(value, dict):
+            ident = id(value)
+            if ident in self.path:
+                raise TypeError(f"circular reference at {where}")
+            self.path.add(ident)
+            pairs = []
+            for k, v in value.items():
+                _check_key(k, where)
+                pairs.append([self.walk(k, depth + 1, f"{where} key {k!r}"),
+                              self.walk(v, depth + 1, f"{where}[{k!r}]")])
+            self.path.discard(ident)
+            return {"$dict": pairs}
+        torch = sys.modules.get("torch")
+        if torch is not None and isinstance(value, torch.Tensor):
+            return self.tensor(value, torch, where)
+        np = sys.modules.get("numpy")
+        if np is not None and isinstance(value, np.ndarray | np.generic):
+            return self.ndarray(value, np, where)
+        raise TypeError(
+            f"cannot send a value of type {type(value).__module__}.{type(value).__qualname__}"
+            f" at {where}: supported are None, bool, int, float, str, bytes, list, tuple, "
+            f"dict, numpy arrays and torch tensors")
+
+    def ndarray(self, value: Any, np: Any, where: str) -> Any:
+        scalar = isinstance(value, np.generic)
+        arr = np.asarray(value)
+        if arr.dtype.hasobject:
+            raise TypeError(f"numpy array of dtype {arr.dtype} (Python objects) at {where}")
+        descr = np.lib.format.dtype_to_descr(arr.dtype)
+        if not arr.flags.c_contiguous:
+            arr = np.ascontiguousarray(arr)
+        flat = arr.reshape(-1).view(np.uint8) if arr.size else np.empty(0, np.uint8)
+        return {"$nd": self.add(memoryview(flat), arr), "dtype": descr,
+                "shape": list(arr.shape), "scalar": scalar}
+
+    def tensor(self, value: Any, torch: Any, where: str) -> Any:
+        if value.layout != torch.strided:
+            raise TypeError(f"torch tensor with layout {value.layout} at {where}: only dense "
+                            f"(strided) tensors can be sent; call .to_dense() first")
+        if value.is_quantized or value.device.type == "meta":
+            raise TypeError(f"quantized or meta torch tensor at {where}")
+        device = str(value.device)
+        t = value.detach()
+        if t.device.type != "cpu":
+            t = t.to("cpu")  # staged through the host
+        t = t.contiguous()
+        if t.is_conj():
+            t = t.resolve_conj()
+        if t.is_neg():
+            t = t.resolve_neg()
+        dtype = str(t.dtype).removeprefix("torch.")
+        flat = t.reshape(-1).view(torch.uint8) if t.numel() else torch.empty(0, dtype=torch.uint8)
+        return {"$torch": self.add(memoryview(flat.numpy()), t), "dtype": dtype,
+                "shape": list(t.shape), "device": device}
+
+
+def _check_key(key: Any, where: str) -> None:
+    if isinstance(key, _KEY_SCALARS):
+        if isinstance(key, float) and math.isnan(key):
+            raise TypeError(f"dict key NaN at {where} cannot be looked up after transfer")
+        return
+    if isinstance(key, tuple):
+        for k in key:
+            _check_key(k, where)
+        return
+    raise TypeError(f"dict key of type {type(key).__name__} at {where}: keys must be str, "
+                    f"int, float, bool, None, bytes or tuples of these")
+
+
+def encode(value: Any) -> Encoded:
+    """Encode a value; nothing is sent, so an unsupported value fails here, before any I/O.
+
+    Args:
+        value: None, bool, int, float, str, bytes, list, tuple, dict, numpy array or scalar,
+            torch tensor, nested freely.
+
+    Returns:
+        The header and the buffers.
+
+    Raises:
+        TypeError: the value (or something inside it) cannot be carried; the message
+            names where (``value['key'][2]``).
+    """
+    enc = _Encoder()
+    tree = enc.walk(value, 0, "value")
+    header = json.dumps(tree, separators=(",", ":"), allow_nan=False).encode()
+    if len(header) > MAX_HEADER_BYTES:
+        raise TypeError(f"value structure encodes to {len(header)} bytes of header, more "
+                        f"than {MAX_HEADER_BYTES}; put bulk data in arrays or bytes")
+    return Encoded(header, enc.buffers, enc.keep)
+
+
+def frame_buffers(enc: Encoded) -> list[memoryview]:
+    """The buffers to write for one frame: prefix, lengths and header first, then data."""
+    lengths = struct.pack(f"<{len(enc.buffers)}Q", *(b.nbytes for b in enc.buffers))
+    head = _PREFIX.pack(MAGIC, len(enc.header), len(enc.buffers), 0) + lengths + enc.header
+    return [memoryview(head), *enc.buffers]
+
+
+def read_frame(readinto: Callable[[memoryview], None], *,
+               max_bytes: int | None = None) -> Any:
+    """Read one frame through ``readinto`` and decode it.
+
+    Args:
+        readinto: fills the given writable view completely (or raises).
+        max_bytes: refuse frames whose buffers total more than this (None: no limit).
+
+    Returns:
+        The decoded value; tensors and arrays own the memory they were read into.
+
+    Raises:
+        WireError: bad magic, oversized or malformed header.
+    """
+    prefix = bytearray(_PREFIX.size)
+    readinto(memoryview(prefix))
+    magic, hlen, nbuf, _flags = _PREFIX.unpack(prefix)
+    if magic != MAGIC:
+        raise WireError(f"not an ipc frame: magic {bytes(magic)!r}, expected {MAGIC!r}")
+    if hlen > MAX_HEADER_BYTES or nbuf > MAX_BUFFERS:
+        raise WireError(f"frame header of {hlen} bytes with {nbuf} buffers is too large")
+    lens_raw = bytearray(8 * nbuf + hlen)
+    readinto(memoryview(lens_raw))
+    lengths = struct.unpack_from(f"<{nbuf}Q", lens_raw)
+    if max_bytes is not None and sum(lengths) > max_bytes:
+        raise WireError(f"frame carries {sum(lengths)} bytes, more than max_bytes={max_bytes}")
+    buffers = []
+    if nbuf:
+        import numpy as np
+    for n in lengths:
+        buf = np.empty(n, np.uint8)
+        if n:
+            readinto(memoryview(buf))
+        buffers.append(buf)
+    return decode(bytes(lens_raw[8 * nbuf:]), buffers)
+
+
+def to_bytes(value: Any) -> bytes:
+    """Encode a value into one frame as a bytes object (for pipes and queues)."""
+    return b"".join(frame_buffers(encode(value)))
+
+
+def from_bytes(data: Any) -> Any:
+    """Decode a frame held in a bytes-like object (the inverse of :func:`to_bytes`).
+
+    Raises:
+        WireError: the bytes are not exactly one valid frame.
+    """
+    view = memoryview(data).cast("B")
+    pos = 0
+
+    def readinto(out: memoryview) -> None:
+        nonlocal pos
+        n = out.nbytes
+        if pos + n > view.nbytes:
+            raise WireError(f"frame truncated: needs {pos + n} bytes, has {view.nbytes}")
+        out[:] = view[pos:pos + n]
+        pos += n
+
+    value = read_frame(readinto)
+    if pos != view.nbytes:
+        raise WireError(f"{view.nbytes - pos} stray bytes after the frame")
+    return value
+
+
+def decode(header: bytes, buffers: Sequence[Any]) -> Any:
+    """Rebuild a value from its header and buffers (the inverse of :func:`encode`).
+
+    Args:
+        header: the JSON header.
+        buffers: the raw buffers in order (numpy uint8 arrays are used without copying).
+
+    Raises:
+        WireError: the header is malformed or does not match the buffers.
+    """
+    try:
+        tree = json.loads(header)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise WireError(f"ipc header is not UTF-8 JSON: {exc}") from None
+    return _Decoder(buffers).walk(tree)
+
+
+class _Decoder:
+    def __init__(self, buffers: Sequence[Any]) -> None:
+        self.buffers = buffers
+
+    def buffer(self, index: Any) -> Any:
+        if not isinstance(index, int) or isinstance(index, bool) or not (
+                0 <= index < len(self.buffers)):
+            raise WireError(f"header refers to buffer {index!r}; the frame has "
+                            f"{len(self.buffers)}")
+        return self.buffers[index]
+
+    def walk(self, node: Any) -> Any:
+        if node is None or isinstance(node, bool | int | float | str):
+            return node
+        if isinstance(node, list):
+            return [self.walk(n) for n in node]
+        if not isinstance(node, dict) or len(node) == 0:
+            raise WireError(f"malformed ipc header node {node!r}")
+        if "$dict" in node:
+            out = {}
+            for pair in _as_list(node["$dict"]):
+                if not isinstance(pair, list) or len(pair) != 2:
+                    raise WireError(f"malformed dict entry {pair!r}")
+                key = self.walk(pair[0])
+                try:
+                    out[key] = self.walk(pair[1])
+                except TypeError:
+                    raise WireError(f"unhashable dict key {key!r}") from None
+            return out
+        if "$tuple" in node:
+            return tuple(self.walk(n) for n in _as_list(node["$tuple"]))
+        if "$f" in node:
+            if node["$f"] not in ("nan", "inf", "-inf"):
+                raise WireError(f"malformed float {node!r}")
+            return float(node["$f"])
+        if "$bytes" in node:
+            return bytes(self.buffer(node["$bytes"]))
+        if "$nd" in node:
+            return self.ndarray(node)
+        if "$torch" in node:
+            return self.tensor(node)
+        raise WireError(f"unknown tag in ipc header: {sorted(node)}")
+
+    def ndarray(self, node: dict[str, Any]) -> Any:
+        import numpy as np
+
+        buf = np.asarray(self.buffer(node["$nd"]), dtype=np.uint8)
+        try:
+            dtype = np.lib.format.descr_to_dtype(_descr(node.get("dtype")))
+        except (TypeError, ValueError) as exc:
+            raise WireError(f"bad numpy dtype {node.get('dtype')!r}: {exc}") from None
+        shape = _shape(node.get("shape"), dtype.itemsize, buf.nbytes)
+        arr = buf.view(dtype).reshape(shape) if buf.nbytes else np.empty(shape, dtype)
+        return arr[()] if node.get("scalar") else arr
+
+    def tensor(self, node: dict[str, Any]) -> Any:
+        import torch
+
+        buf = self.buffer(node["$torch"])
+        name = node.get("dtype")
+        dtype = getattr(torch, name, None) if isinstance(name, str) else None
+        if not isinstance(dtype, torch.dtype):
+            raise WireError(f"bad torch dtype {name!r}")
+        shape = _shape(node.get("shape"), dtype.itemsize, memoryview(buf).nbytes)
+        raw = torch.from_numpy(buf) if not isinstance(buf, torch.Tensor) else buf
+        t = raw.view(dtype).reshape(shape) if raw.numel() else torch.empty(shape, dtype=dtype)
+        device = node.get("device", "cpu")
+        if isinstance(device, str) and device.startswith("cuda") and torch.cuda.is_available():
+            index = int(device.partition(":")[2] or 0)
+            if index < torch.cuda.device_count():
+                t = t.to(f"cuda:{index}")
+        return t
+
+
+def _as_list(node: Any) -> list[Any]:
+    if not isinstance(node, list):
+        raise WireError(f"malformed ipc header: expected a list, got {node!r}")
+    return node
+
+
+def _descr(descr: Any) -> Any:
+    # dtype_to_descr gives a str or a list of (name, descr[, shape]) for structured dtypes;
+    # JSON turns tuples into lists, so turn them back.
+    if isinstance(descr, str):
+        return descr
+    if isinstance(descr, list):
+        return [tuple(_descr(x) if isinstance(x, list) and i == 1 else
+                      (tuple(x) if isinstance(x, list) else x)
+                      for i, x in enumerate(field)) for field in descr]
+    raise WireError(f"bad numpy dtype description {descr!r}")
+
+
+def _shape(shape: Any, itemsize: int, nbytes: int) -> tuple[int, ...]:
+    if not isinstance(shape, list) or len(shape) > 64 or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
+        raise WireError(f"bad shape {shape!r}")
+    if math.prod(shape) * itemsize != nbytes:
+        raise WireError(f"buffer of {nbytes} bytes does not hold shape {shape} of "
+                        f"{itemsize}-byte items")
+    return tuple(shape)
