@@ -259,7 +259,7 @@ def read_frame(readinto: Callable[[memoryview], None], *,
     for n in lengths:
         buf = np.empty(n, np.uint8)
         if n:
-            readinto(memoryview(buf))
+            readinto(memoryview(buf))  # type: ignore[arg-type]
         buffers.append(buf)
     return decode(bytes(lens_raw[8 * nbuf:]), buffers)
 

@@ -65,13 +65,13 @@ def describe_target(fn: Callable[..., Any] | str) -> dict[str, Any]:
             f"{qualname or fn!r} cannot be sent to a clean interpreter: it is imported there "
             f"by name, so define it at module level (lambdas, closures and nested functions "
             f"do not exist in the new interpreter)")
-    main_path = None
+    main_path: str | None = None
     if module in ("__main__", "__mp_main__"):
-        main_path = getattr(sys.modules.get(module), "__file__", None)
-        if not main_path:
+        main_file = getattr(sys.modules.get(module), "__file__", None)
+        if not isinstance(main_file, str):
             raise TypeError(f"{qualname} is defined in an interactive session; a clean "
                             f"interpreter cannot import it: put it in a module")
-        main_path = os.path.abspath(main_path)
+        main_path = os.path.abspath(main_file)
     return {"module": module, "qualname": qualname, "main_path": main_path}
 
 
@@ -97,7 +97,8 @@ def resolve_target(desc: dict[str, Any]) -> Callable[..., Any]:
         obj = getattr(obj, part)
     if not callable(obj):
         raise TypeError(f"{module}:{desc['qualname']} is not callable")
-    return obj
+    fn: Callable[..., Any] = obj
+    return fn
 
 
 def start(init: dict[str, Any], *, extra_fds: Sequence[int] = (),

@@ -32,6 +32,7 @@ import threading
 import time
 from typing import Any
 
+from nonsense_hpc.errors import WireError
 from nonsense_hpc.ipc import codec
 from nonsense_hpc.ipc.connection import Connection, send_views
 
@@ -135,7 +136,7 @@ class WorkQueue:
                 self.closed = True
                 return None  # the owner is gone: the queue is over
         if not isinstance(reply, list) or not reply:
-            raise codec.WireError(f"bad reply from workqueue {self.name!r}: {reply!r}")
+            raise WireError(f"bad reply from workqueue {self.name!r}: {reply!r}")
         return reply[1] if reply[0] == "item" else None
 
     def drain(self, timeout: float | None = None) -> None:
@@ -311,7 +312,7 @@ class _Broker:
     def _serve(self, conn: Connection, sel: selectors.BaseSelector) -> None:
         try:
             msg = conn.recv()
-        except (ConnectionError, OSError, codec.WireError):
+        except (ConnectionError, OSError, WireError):
             self._drop(conn, sel)
             return
         if isinstance(msg, list) and msg and msg[0] == "write" and len(msg) == 2:
