@@ -113,17 +113,17 @@ class Child:
             nested = start if start.name != "supervisor" else \
                 _renamed(start, f"{supervisor}.{self.key}")
             self.proc = fork_callable(lambda: _run_nested(nested), env, spec.cwd,
-                                      spec.stdout, spec.stderr, spec.new_session,
+                                      spec.stdout, spec.stderr, bool(spec.new_session),
                                       death_signal=signal.SIGTERM)
         elif callable(start):
             target: Callable[..., Any] = start
             args = self.args
             self.proc = fork_callable(lambda: target(*args), env, spec.cwd, spec.stdout,
-                                      spec.stderr, spec.new_session)
+                                      spec.stderr, bool(spec.new_session))
         else:
             argv = [*start, *(str(a) for a in self.args)]
             self.proc = spawn_command(argv, env, spec.cwd, spec.stdout, spec.stderr,
-                                      spec.new_session)
+                                      bool(spec.new_session))
         self.started = self.last_beat = time.monotonic()
 
     def info(self) -> ChildInfo:

@@ -203,6 +203,9 @@ def _child(table: Any, base: Path, where: str) -> ChildSpec:
     if not isinstance(env, Mapping):
         raise ConfigError(f"{where}: env must be a table of strings")
     fields["env"] = {str(k): str(v) for k, v in env.items()}
+    if mpi is not None:
+        # mpirun puts every rank in a process group of its own: kill the whole session.
+        fields.setdefault("new_session", True)
     if "type" not in fields and kind == "supervisor":
         fields["type"] = "supervisor"
     try:

@@ -31,6 +31,7 @@ __all__ = [
     "fork_callable",
     "kill_group",
     "list_processes",
+    "set_death_signal",
     "spawn_command",
     "sweep",
 ]
@@ -45,6 +46,11 @@ def _prctl(option: int, arg: int) -> bool:
         return int(libc.prctl(option, arg, 0, 0, 0)) == 0
     except (OSError, AttributeError):
         return False
+
+
+def set_death_signal(sig: int) -> bool:
+    """Ask the kernel to send ``sig`` to this process when its parent dies (Linux)."""
+    return sys.platform.startswith("linux") and _prctl(_PR_SET_PDEATHSIG, int(sig))
 
 
 def become_subreaper() -> bool:

@@ -90,8 +90,9 @@ class ChildSpec:
         heartbeat_timeout: silence after which the child is killed and handled like a
             crash (default 3 x ``heartbeat``; also the grace period after start).
         new_session: start the child as leader of a new session and, when it dies or
-            is stopped, kill every process of that session (used by the watchdog to
-            take down a whole supervisor tree).
+            is stopped, kill every process of that session, so a whole subtree goes
+            with it even when the child itself was SIGKILLed. Default: True for
+            ``type="supervisor"``, False for workers.
     """
 
     id: str
@@ -106,7 +107,7 @@ class ChildSpec:
     stderr: str | None = None
     heartbeat: float | None = None
     heartbeat_timeout: float | None = None
-    new_session: bool = False
+    new_session: bool | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id:
@@ -153,6 +154,8 @@ class ChildSpec:
             if not isinstance(key, str) or not isinstance(value, str):
                 raise ConfigError(f"child {self.id!r}: env must map strings to strings, "
                                   f"got {key!r}={value!r}")
+        if self.new_session is None:
+            object.__setattr__(self, "new_session", self.type == "supervisor")
         self._check_heartbeat()
 
     def _check_heartbeat(self) -> None:

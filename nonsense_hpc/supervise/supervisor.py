@@ -33,7 +33,12 @@ from nonsense_hpc.supervise import heart
 from nonsense_hpc.supervise.child import Child, ChildInfo
 from nonsense_hpc.supervise.events import Event
 from nonsense_hpc.supervise.intensity import RestartIntensity
-from nonsense_hpc.supervise.process import ExitStatus, become_subreaper, sweep
+from nonsense_hpc.supervise.process import (
+    ExitStatus,
+    become_subreaper,
+    set_death_signal,
+    sweep,
+)
 from nonsense_hpc.supervise.spec import ChildSpec, SupervisorSpec
 
 __all__ = ["Supervisor"]
@@ -138,6 +143,10 @@ class Supervisor:
         if self._thread is not None:
             raise SupervisorError(f"supervisor {self.name!r} was already started")
         self._thread = threading.current_thread()
+        if os.environ.get("NONSENSE_SUPERVISOR"):
+            # A supervised supervisor follows its parent: when the parent dies, this
+            # one gets SIGTERM and stops its own subtree in order.
+            set_death_signal(signal.SIGTERM)
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(sig, self._on_signal)
