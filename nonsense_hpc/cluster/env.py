@@ -22,14 +22,19 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import subprocess
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from nonsense_hpc.errors import ConfigError
 
 __all__ = [
+    "ALLOCATION_VARIABLES",
     "SOURCES",
     "JobEnvironment",
+    "allocation_environment",
     "apply_torchrun_environment",
     "expand_hostlist",
     "master_port",
@@ -209,3 +214,69 @@ def apply_torchrun_environment(environ: MutableMapping[str, str] | None = None
     job = JobEnvironment.from_env(target)
     target.update(torchrun_environment(job, target))
     return job
+
+
+#: What an MPI launcher needs to see the Slurm allocation (Open MPI/PRRTE, MPICH/Hydra).
+ALLOCATION_VARIABLES = ("SLURM_NODELIST", "SLURM_JOB_NODELIST", "SLURM_TASKS_PER_NODE",
+                        "SLURM_NTASKS", "SLURM_NPROCS", "SLURM_JOB_NUM_NODES", "SLURM_NNODES",
+                        "SLURM_JOB_CPUS_PER_NODE", "SLURM_CPUS_ON_NODE")
+
+
+def _ancestor_allocation(job_id: str) -> dict[str, str]:
+    """SLURM_* of the nearest ancestor process of the same job (Linux /proc)."""
+    pid = os.getppid()
+    for _ in range(32):
+        if pid <= 1:
+            break
+        try:
+            raw = Path(f"/proc/{pid}/environ").read_bytes()
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            break
+        pairs = dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0")
+                     if "=" in item)
+        if pairs.get("SLURM_JOB_ID") == job_id and "SLURM_NODELIST" in pairs:
+            return {k: pairs[k] for k in ALLOCATION_VARIABLES if k in pairs}
+        pid = int(stat.rsplit(")", 1)[1].split()[1])
+    return {}
+
+
+def _scontrol_allocation(job_id: str) -> dict[str, str]:
+    exe = shutil.which("scontrol")
+    if exe is None:
+        return {}
+    try:
+        out = subprocess.run([exe, "show", "job", "-o", job_id], capture_output=True,
+                             text=True, timeout=30, check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    fields = dict(t.split("=", 1) for t in out.split() if "=" in t)
+    nodes, tasks = fields.get("NodeList", ""), fields.get("NumTasks", "")
+    if not nodes or nodes == "(null)" or not tasks.isdigit():
+        return {}
+    count = len(expand_hostlist(nodes))
+    per, extra = divmod(int(tasks), count)
+    layout = ([f"{per + 1}(x{extra})"] if extra else []) + \
+        ([f"{per}(x{count - extra})"] if count - extra else [])
+    return {"SLURM_NODELIST": nodes, "SLURM_JOB_NODELIST": nodes, "SLURM_NTASKS": tasks,
+            "SLURM_NPROCS": tasks, "SLURM_NNODES": str(count),
+            "SLURM_JOB_NUM_NODES": str(count),
+            "SLURM_TASKS_PER_NODE": ",".join(layout).replace("(x1)", "")}
+
+
+def allocation_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The Slurm allocation variables missing from ``environ``, recovered.
+
+    Inside a job whose environment lost the allocation (Snakemake's slurm-jobstep
+    executor keeps only ``SLURM_JOB_ID`` for the rule's shell), ``mpirun`` sees a Slurm
+    job without a node list and refuses to start. This recovers the variables from the
+    nearest ancestor process of the same job (``/proc``), else from ``scontrol show
+    job`` (tasks spread evenly over the nodes). Outside a job, or when nothing is
+    missing, it returns ``{}``.
+    """
+    env = os.environ if environ is None else environ
+    job_id = _first(env, _JOB_ID)
+    if not job_id or "SLURM_NODELIST" in env:
+        return {}
+    found = _ancestor_allocation(job_id) or _scontrol_allocation(job_id)
+    return {k: v for k, v in found.items() if k not in env}
