@@ -10,6 +10,7 @@
 Everything speaks the wire format of :mod:`nonsense_hpc.wire` (docs/wire.md).
 """
 
+from nonsense_hpc.devices.broker import Broker
 from nonsense_hpc.devices.control import DeviceControl
 from nonsense_hpc.devices.device import Device, Forwarder, Streamer
 from nonsense_hpc.devices.runner import LAUNCHERS
@@ -20,12 +21,18 @@ from nonsense_hpc.devices.security import (
     generate_keys,
     normalize_address,
 )
+from nonsense_hpc.devices.sink import Sink
+from nonsense_hpc.devices.worker import BrokerWorker, StreamWorker
 
 __all__ = [
     "LAUNCHERS",
+    "Broker",
+    "BrokerWorker",
     "Device",
     "DeviceControl",
     "Forwarder",
+    "Sink",
+    "StreamWorker",
     "Streamer",
     "check_bind_address",
     "configure_client",
