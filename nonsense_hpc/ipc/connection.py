@@ -20,6 +20,7 @@ from nonsense_hpc.ipc import codec
 __all__ = ["Connection", "send_views"]
 
 _IOV_MAX = 512
+_READ_AHEAD = 256 * 1024
 
 
 def send_views(sock: socket.socket, views: list[memoryview]) -> None:
@@ -62,6 +63,10 @@ class Connection:
         self.closed = False
         self._send_lock = threading.Lock()
         self._recv_lock = threading.Lock()
+        self._rbuf = bytearray(_READ_AHEAD)
+        self._rview = memoryview(self._rbuf)
+        self._rpos = 0
+        self._rend = 0
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.settimeout(None)
@@ -109,6 +114,8 @@ class Connection:
     def poll(self, timeout: float | None = 0.0) -> bool:
         """Whether a message (or the peer's end of stream) is ready to be read."""
         self._check_open()
+        if self._rpos < self._rend:
+            return True
         ready, _, _ = select.select([self.sock], [], [], timeout)
         return bool(ready)
 
@@ -134,7 +141,7 @@ class Connection:
 
             def readinto(view: memoryview) -> None:
                 nonlocal started
-                _recv_exact(self.sock, view, self.peer, started)
+                self._readinto(view, started)
                 started = True
 
             try:
@@ -142,6 +149,28 @@ class Connection:
             except (WireError, ConnectionError, TimeoutError, OSError):
                 self.close()
                 raise
+
+    def _readinto(self, view: memoryview, started: bool) -> None:
+        """Fill ``view`` from the read-ahead buffer, then the socket.
+
+        Small messages are read many at a time into the buffer (one system call for
+        several frames); large buffers are received straight into their destination.
+        """
+        total = view.nbytes
+        got = 0
+        while got < total:
+            if self._rpos < self._rend:
+                n = min(total - got, self._rend - self._rpos)
+                view[got:got + n] = self._rview[self._rpos:self._rpos + n]
+                self._rpos += n
+                got += n
+            elif total - got >= _READ_AHEAD // 2:
+                _recv_exact(self.sock, view[got:], self.peer, started or got > 0)
+                return
+            else:
+                self._rpos = 0
+                self._rend = _recv_some(self.sock, self._rview, self.peer,
+                                        started or got > 0)
 
     def close(self) -> None:
         """Close the connection (idempotent); the peer's next ``recv`` fails."""
@@ -173,6 +202,19 @@ def _recv_exact(sock: socket.socket, view: memoryview, peer: str, started: bool)
                 raise ConnectionResetError(f"{peer} closed the connection")
             raise WireError(f"{peer} closed the connection in the middle of a message")
         got += n
+
+
+def _recv_some(sock: socket.socket, view: memoryview, peer: str, started: bool) -> int:
+    try:
+        n = sock.recv_into(view)
+    except TimeoutError:
+        raise TimeoutError(f"message from {peer} stalled after it started; "
+                           f"connection closed") from None
+    if n == 0:
+        if not started:
+            raise ConnectionResetError(f"{peer} closed the connection")
+        raise WireError(f"{peer} closed the connection in the middle of a message")
+    return n
 
 
 def _peer_name(sock: socket.socket) -> str:

@@ -59,7 +59,7 @@ def describe_target(fn: Callable[..., Any] | str) -> dict[str, Any]:
         raise TypeError(f"expected a function or a 'module:function' string, got "
                         f"{type(fn).__name__}")
     qualname = getattr(fn, "__qualname__", "") or ""
-    module = getattr(fn, "__module__", None)
+    module = str(getattr(fn, "__module__", None) or "")
     if not module or not qualname or "<" in qualname:
         raise TypeError(
             f"{qualname or fn!r} cannot be sent to a clean interpreter: it is imported there "

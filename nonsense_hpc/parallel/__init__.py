@@ -40,7 +40,6 @@ In Python idiom: ``parallel.children`` is a sequence indexed from 0 (``children[
 
 from __future__ import annotations
 
-import builtins
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -135,7 +134,9 @@ def join(timeout: float | None = None) -> None:
 def print(*args: Any, sep: str = " ", end: str = "\n", file: Any = None) -> None:
     """Print with this process's id in front: ``<parallel#003> message``."""
     out = sys.stdout if file is None else file
-    builtins.print(f"<parallel#{id:03d}>", *args, sep=sep, end=end, file=out, flush=True)
+    line = sep.join([f"<parallel#{id:03d}>", *(str(a) for a in args)]) + end
+    out.write(line)  # one write per line, so lines of concurrent processes do not mix
+    out.flush()
 
 
 def _become_child(new_id: int, new_parent: Parent) -> None:

@@ -78,6 +78,7 @@ class Endpoint:
         self._spill_pos = 0
         self._tokens = bytearray()
         self._peer_closed = False
+        self._acks_off = False
         self._broken: str | None = None
         self._send_lock = threading.Lock()
         self._recv_lock = threading.Lock()
@@ -210,12 +211,14 @@ class Endpoint:
         self._chunks.popleft()
         self._in_off = 0
         self._in_idx = (self._in_idx + 1) % SLOTS
-        if self._peer_closed:
+        if self._acks_off:
             return  # nobody is waiting for the slot any more
         try:
             self.sock.sendall(_TOKEN.pack(b"A", 1))
         except OSError:
-            self._peer_closed = True  # the writer finished and left; its data is here
+            # The writer finished and left; what it wrote is still in our mapping and its
+            # last tokens may still be unread in the socket.
+            self._acks_off = True
 
     def _pump(self, deadline: float | None, spill: bool = False) -> None:
         """Wait for tokens and apply them; with ``spill``, empty incoming slots too."""
