@@ -90,8 +90,9 @@ class Settings:
         small_bytes: messages up to this size use the latency-optimised path
             (``NONSENSE_SMALL_BYTES``).
         trace: record every send, receive and reduction step (``NONSENSE_TRACE``).
-        check: verify that every rank passes the same structure, shapes and dtypes
-            before reducing (``NONSENSE_CHECK``; costs one small exchange per call).
+        transport: how ranks of one node exchange data (``NONSENSE_TRANSPORT``):
+            ``auto`` (read peers' memory directly when the kernel allows it, else stage
+            through the shared window), ``cma`` (require direct reads) or ``shm``.
     """
 
     timeout: float = 120.0
@@ -101,7 +102,7 @@ class Settings:
     ranks_per_node: int = 0
     small_bytes: int = 64 * 1024
     trace: bool = False
-    check: bool = True
+    transport: str = "auto"
 
     def __post_init__(self) -> None:
         if self.timeout < 0:
@@ -109,6 +110,8 @@ class Settings:
         for name in ("bucket_bytes", "chunk_bytes", "shm_bytes"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.transport not in ("auto", "cma", "shm"):
+            raise ConfigError(f"transport must be auto, cma or shm, got {self.transport!r}")
         if self.ranks_per_node < 0:
             raise ConfigError(f"ranks_per_node must be >= 0, got {self.ranks_per_node}")
 

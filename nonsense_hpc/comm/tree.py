@@ -1,0 +1,543 @@
+"""Tree: topology-aware collectives over torch tensors, numpy arrays and tables of them.
+
+Example (run with ``mpirun -n 4 python script.py``)::
+
+    import torch
+    from nonsense_hpc import Tree
+
+    tree = Tree()                                  # private duplicate of COMM_WORLD
+    grads = {"w": torch.ones(1000), "b": torch.ones(10)}
+    tree.allreduce(grads)                          # in place: every rank has the sum
+    tree.allreduce(grads, lambda a, b: a.add_(b))  # any callable, applied in rank order
+    n = tree.allreduce(None)                       # uneven steps: this rank has no data
+
+Inside a node data moves through shared memory (direct reads of a peer's buffer where the
+kernel allows it, a shared window otherwise); node leaders combine across nodes with a
+binomial tree (small messages) or a pipelined ring (large ones).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from nonsense_hpc.comm.buffers import (
+    Leaf,
+    build_zeros,
+    flatten,
+    fuse,
+    spec_hash,
+    spec_of,
+    spec_text,
+)
+from nonsense_hpc.comm.collectives import allgather_obj, bcast_obj, describe_disagreement
+from nonsense_hpc.comm.internode import leaders_allreduce, wait_requests
+from nonsense_hpc.comm.intranode import NodeExchange
+from nonsense_hpc.comm.ops import ReduceOp, resolve_op
+from nonsense_hpc.comm.recorder import Recorder
+from nonsense_hpc.comm.shm import Arena, PeerReader
+from nonsense_hpc.comm.topology import Topology
+from nonsense_hpc.config import Settings, get_settings
+from nonsense_hpc.errors import CollectiveError, CollectiveMismatchError, ConfigError
+
+__all__ = ["AllreduceResult", "Tree"]
+
+Array = npt.NDArray[Any]
+Op = str | Callable[[Any, Any], Any]
+_NO_HASH = -1
+_MAX_HASH = 1 << 62
+
+
+class AllreduceResult(int):
+    """How many ranks contributed real data, with the reduced value attached.
+
+    It is an ``int`` (``tree.allreduce(x) == tree.size`` when every rank had data), and
+    :attr:`value` is the reduced value (the argument itself when reduced in place, ``out``
+    when given, or a new value on a rank that passed None).
+    """
+
+    value: Any
+
+    def __new__(cls, count: int, value: Any) -> AllreduceResult:
+        """Build the result."""
+        obj = super().__new__(cls, count)
+        obj.value = value
+        return obj
+
+
+class Tree:
+    """Collectives on a private duplicate of an MPI communicator.
+
+    Args:
+        comm: the communicator (default ``MPI.COMM_WORLD``); it is duplicated, so the
+            Tree's messages never mix with the caller's.
+        timeout: seconds to wait for a peer before raising CollectiveTimeoutError
+            (default ``NONSENSE_TIMEOUT`` or 120; 0 waits for ever).
+        ranks_per_node: split each machine into pretend nodes of this many ranks, to run
+            the inter-node path on one machine (default ``NONSENSE_RANKS_PER_NODE``).
+        trace: record every send, receive and reduction step in :attr:`recorder`.
+        settings: a full :class:`~nonsense_hpc.config.Settings` (default: environment).
+        transport: ``"auto"``, ``"cma"`` or ``"shm"`` (see Settings).
+
+    Raises:
+        ConfigError: a setting is invalid, or ``transport="cma"`` was asked for and the
+            kernel does not allow direct reads between the ranks.
+    """
+
+    def __init__(self, comm: Any = None, *, timeout: float | None = None,
+                 ranks_per_node: int | None = None, trace: bool | None = None,
+                 settings: Settings | None = None, transport: str | None = None) -> None:
+        from mpi4py import MPI
+
+        base = MPI.COMM_WORLD if comm is None else comm
+        s = settings or get_settings()
+        changes: dict[str, Any] = {}
+        if timeout is not None:
+            changes["timeout"] = float(timeout)
+        if ranks_per_node is not None:
+            changes["ranks_per_node"] = int(ranks_per_node)
+        if trace is not None:
+            changes["trace"] = bool(trace)
+        if transport is not None:
+            changes["transport"] = transport
+        self.settings = s.replace(**changes) if changes else s
+        self.comm = base.Dup()
+        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        self.topology = Topology.build(self.comm, self.settings.ranks_per_node)
+        self.recorder: Recorder | None = Recorder(self.rank) if self.settings.trace else None
+        topo = self.topology
+        node_world = topo.node_ranks[topo.node_index]
+        arena = Arena(topo.node, self.settings.small_bytes, self.settings.shm_bytes,
+                      self.settings.timeout, node_world)
+        wanted = self.settings.transport
+        probe = wanted != "shm" and PeerReader.probe(arena)
+        # One transport for the whole job: nodes must cut messages the same way.
+        cma_ok = bool(self.comm.allreduce(int(probe), op=MPI.MIN))
+        if wanted == "cma" and not cma_ok:
+            arena.free()
+            raise ConfigError("transport='cma' asked for, but ranks cannot read each other's "
+                              "memory (process_vm_readv refused: ptrace scope, namespaces "
+                              "or containers); use transport='shm' or 'auto'")
+        self.transport = "cma" if cma_ok else "shm"
+        widest = max(len(r) for r in topo.node_ranks)
+        piece = max(4096, self.settings.shm_bytes // widest // 4096 * 4096)
+        self._node = NodeExchange(arena, self.transport, self.recorder, node_world, piece)
+        self._closed = False
+
+    # -- housekeeping ----------------------------------------------------------------
+    def __enter__(self) -> Tree:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Free the shared window and communicators (collective). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._node.arena.free()
+        self.topology.free()
+        self.comm.Free()
+
+    def __repr__(self) -> str:
+        t = self.topology
+        return (f"Tree(rank={self.rank}, size={self.size}, nodes={t.nodes}, "
+                f"local={t.local_rank}/{t.local_size}, transport={self.transport!r})")
+
+    @property
+    def timeout(self) -> float:
+        """Seconds a collective waits for a peer."""
+        return self.settings.timeout
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise CollectiveError("this Tree is closed")
+
+    # -- agreement ---------------------------------------------------------------------
+    def _control(self, hash_: int, flag: int, what: str) -> tuple[int, int, bool]:
+        """Agree on (ranks with data, ranks with errors, whether all data ranks match)."""
+        pairs = self._node.control(hash_, flag, what)
+        hashes = [h for h, f in pairs if f == 1]
+        hi = max(hashes, default=-1)
+        neg_lo = -min(hashes, default=_MAX_HASH)
+        n_data = sum(1 for _, f in pairs if f == 1)
+        n_err = sum(1 for _, f in pairs if f < 0)
+        topo = self.topology
+        if topo.nodes > 1:
+            words = None
+            if topo.is_leader:
+                a = np.array([hi, neg_lo], dtype=np.int64)
+                b = np.array([n_data, n_err], dtype=np.int64)
+                from mpi4py import MPI
+
+                wait_requests([topo.leaders.Iallreduce(MPI.IN_PLACE, a, op=MPI.MAX),
+                               topo.leaders.Iallreduce(MPI.IN_PLACE, b, op=MPI.SUM)],
+                              self.timeout, what)
+                words = [int(a[0]), int(a[1]), int(b[0]), int(b[1])]
+            hi, neg_lo, n_data, n_err = self._node.share_from_leader(words, what)
+        return n_data, n_err, n_data == 0 or hi == -neg_lo
+
+    def _raise_disagreement(self, what: str, mine: tuple[int, str]) -> None:
+        items = allgather_obj(self.comm, mine, self.timeout, what)
+        errors = [(r, t) for r, (f, t) in enumerate(items) if f < 0]
+        if errors:
+            text = "; ".join(f"rank {r}: {t}" for r, t in errors)
+            raise TypeError(f"{what}: invalid value passed ({text})")
+        described = [(r, t) for r, (f, t) in enumerate(items) if f == 1]
+        raise CollectiveMismatchError(describe_disagreement(what, described))
+
+    def _prepare(self, value: Any, op: ReduceOp, what: str) -> tuple[Any, int, int]:
+        """Validate locally, agree globally; returns (spec or None, n_data, flag)."""
+        flag, spec, text = 1, None, ""
+        if value is None:
+            flag = 0
+        else:
+            try:
+                spec = spec_of(value)
+                text = f"{spec_text(spec)} op={op.name}"
+            except TypeError as exc:
+                flag, text = -1, str(exc)
+        h = spec_hash((spec, op.name)) if flag == 1 else _NO_HASH
+        n_data, n_err, uniform = self._control(h, flag, what)
+        if n_err or not uniform:
+            self._raise_disagreement(what, (flag, text))
+        return spec, n_data, flag
+
+    # -- allreduce ---------------------------------------------------------------------
+    def allreduce(self, value: Any = None, op: Op = "sum", *, out: Any = None,
+                  zero: Any = None) -> AllreduceResult:
+        """Reduce ``value`` over every rank; every rank gets the result.
+
+        Args:
+            value: a torch tensor, numpy array, or dict/list/tuple of them. Reduced in
+                place unless ``out`` is given. None means this rank has no more data (uneven
+                steps): it contributes the op's identity (zeros for sum) shaped like the
+                other ranks' values, and gets the result in the return value's ``.value``.
+            op: "sum", "avg", "max", "min", "prod", or a callable ``f(a, b) -> a`` applied
+                per tensor as ``f(...f(f(x0, x1), x2)..., x_{n-1})`` in rank order. "avg"
+                divides by the number of ranks that contributed data.
+            out: where to write the result instead of in place (same structure).
+            zero: for a rank passing None: the value to contribute (or a callable making
+                it). Default: built from the other ranks' structure, filled with the op's
+                identity (zeros for sum and callables).
+
+        Returns:
+            The number of ranks that contributed data, as an :class:`AllreduceResult`
+            (an int) whose ``.value`` is the reduced value.
+
+        Raises:
+            TypeError: a leaf is not a tensor or array, or has an unsupported dtype (raised
+                on every rank, naming the rank).
+            CollectiveMismatchError: ranks passed different structures, shapes, dtypes
+                or ops (raised on every rank, naming them).
+            CollectiveTimeoutError: a peer did not take part within the timeout.
+        """
+        self._check_open()
+        rop = resolve_op(op)
+        spec, n_data, flag = self._prepare(value, rop, "allreduce")
+        if n_data == 0:
+            return AllreduceResult(0, None)
+        if flag == 0:
+            spec = next(s for s in allgather_obj(self.comm, spec, self.timeout, "allreduce")
+                        if s is not None)
+            value = self._zero_value(spec, rop, zero)
+        elif n_data < self.size:
+            allgather_obj(self.comm, spec, self.timeout, "allreduce")
+        target = value
+        if out is not None:
+            if spec_of(out) != spec:
+                raise CollectiveMismatchError(
+                    f"allreduce: out= has {spec_text(spec_of(out))} but the value is "
+                    f"{spec_text(spec)}")
+            _copy_into(out, value)
+            target = out
+        leaves = flatten(target)
+        if rop.builtin:
+            for bucket in fuse(leaves, self.settings.bucket_bytes):
+                self._allreduce_flat(bucket.flat, rop, bucket.torch_dtype)
+                if rop.name == "avg":
+                    _divide(bucket.flat, n_data, bucket.torch_dtype)
+                bucket.unpack()
+        else:
+            self._callable_allreduce(leaves, rop)
+        for leaf in leaves:
+            leaf.write_back()
+        return AllreduceResult(n_data, target)
+
+    def _zero_value(self, spec: Any, op: ReduceOp, zero: Any) -> Any:
+        value = zero() if callable(zero) else zero
+        if value is None:
+            value = build_zeros(spec)
+        elif spec_of(value) != spec:
+            raise CollectiveMismatchError(
+                f"allreduce: zero= is {spec_text(spec_of(value))} but the other ranks pass "
+                f"{spec_text(spec)}")
+        if op.builtin and op.name in ("max", "min", "prod"):
+            for leaf in flatten(value):
+                leaf.flat[...] = _identity_bits(op, leaf)
+                leaf.write_back()
+        return value
+
+    def _allreduce_flat(self, flat: Array, op: ReduceOp, torch_dtype: Any) -> None:
+        topo, s = self.topology, self.settings
+        internode = None
+        if topo.nodes > 1:
+            leaders = topo.leaders
+            world = [r[0] for r in topo.node_ranks]
+
+            def internode(buf: Array) -> None:
+                leaders_allreduce(leaders, buf, op, torch_dtype, s.timeout, s.small_bytes,
+                                  s.chunk_bytes, self.recorder, world)
+        self._node.allreduce(flat, op, torch_dtype, s.small_bytes, internode)
+
+    def _callable_allreduce(self, leaves: list[Leaf], op: ReduceOp) -> None:
+        """Gather every rank's bytes on rank 0, fold in rank order, broadcast back."""
+        payload = np.concatenate([leaf.flat.view(np.uint8) for leaf in leaves]) \
+            if len(leaves) > 1 else leaves[0].flat.view(np.uint8).copy()
+        n = payload.size
+        gathered = np.empty((self.size, n), dtype=np.uint8) if self.rank == 0 else None
+        wait_requests([self.comm.Igather(payload, gathered, root=0)], self.timeout,
+                      "allreduce")
+        if self.rank == 0:
+            assert gathered is not None and op.fn is not None
+            offsets = np.cumsum([0] + [leaf.nbytes for leaf in leaves]).tolist()
+            for i, leaf in enumerate(leaves):
+                lo, hi = offsets[i], offsets[i + 1]
+                acc = _as_user(leaf, gathered[0, lo:hi].copy())
+                for q in range(1, self.size):
+                    res = op.fn(acc, _as_user(leaf, gathered[q, lo:hi]))
+                    if res is not None:
+                        acc = res
+                payload[lo:hi] = _user_bytes(acc, leaf)
+        wait_requests([self.comm.Ibcast(payload, root=0)], self.timeout, "allreduce")
+        offset = 0
+        for leaf in leaves:
+            np.copyto(leaf.flat.view(np.uint8), payload[offset:offset + leaf.nbytes])
+            offset += leaf.nbytes
+
+    # -- the other collectives ---------------------------------------------------------
+    def reduce(self, value: Any, op: Op = "sum", root: int = 0, *, out: Any = None
+               ) -> AllreduceResult:
+        """Reduce to ``root`` only; other ranks' values are left unchanged.
+
+        Returns:
+            The count of contributing ranks; ``.value`` is the result on ``root`` and None
+            elsewhere.
+        """
+        self._check_root(root)
+        if self.rank == root:
+            return self.allreduce(value, op, out=out)
+        scratch = None if value is None else _clone(value)
+        res = self.allreduce(scratch, op)
+        return AllreduceResult(int(res), None)
+
+    def broadcast(self, value: Any = None, root: int = 0) -> Any:
+        """Send ``root``'s value to every rank.
+
+        Ranks that pass a value of the same structure receive in place; ranks that pass
+        None get a new value. Returns the value on every rank.
+        """
+        self._check_open()
+        self._check_root(root)
+        spec = spec_of(value) if self.rank == root else None
+        spec = bcast_obj(self.comm, spec, root, self.timeout, "broadcast")
+        flag, text = 1, ""
+        if self.rank != root and value is not None:
+            try:
+                mine = spec_of(value)
+                text = spec_text(mine)
+                if mine != spec:
+                    flag = 2
+            except TypeError as exc:
+                flag, text = -1, str(exc)
+        _, n_err, _ = self._control(0, -1 if flag < 0 else 1, "broadcast")
+        bad = int(allgather_obj(self.comm, flag == 2, self.timeout, "broadcast").count(True)) \
+            if n_err == 0 else 0
+        if n_err or bad:
+            items = allgather_obj(self.comm, (flag, text or spec_text(spec)), self.timeout,
+                                  "broadcast")
+            parts = [f"rank {r}: {t}" for r, (f, t) in enumerate(items) if f != 1]
+            raise CollectiveMismatchError(f"broadcast from rank {root} of {spec_text(spec)}: "
+                                          f"receivers passed other values ({'; '.join(parts)})")
+        if value is None:
+            value = build_zeros(spec)
+        leaves = flatten(value)
+        buf = _pack(leaves)
+        wait_requests([self.comm.Ibcast(buf, root=root)], self.timeout, "broadcast")
+        if self.rank != root:
+            _unpack(buf, leaves)
+        return value
+
+    def gather(self, value: Any, root: int = 0) -> list[Any] | None:
+        """Every rank's value, as a list in rank order on ``root`` (None elsewhere)."""
+        self._check_open()
+        self._check_root(root)
+        items = self.allgather(value) if self.size > 1 else [value]
+        return items if self.rank == root else None
+
+    def allgather(self, value: Any) -> list[Any]:
+        """Every rank's value, as a list in rank order, on every rank.
+
+        Values may differ in shape between ranks (not in kind: each must be a tensor,
+        array or table of them).
+        """
+        self._check_open()
+        spec = spec_of(value)
+        leaves = flatten(value)
+        specs = allgather_obj(self.comm, spec, self.timeout, "allgather")
+        payload = _pack(leaves)
+        sizes = [_spec_nbytes(sp) for sp in specs]
+        displs = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64).tolist()
+        out = np.empty(int(sum(sizes)), dtype=np.uint8)
+        from mpi4py import MPI
+
+        wait_requests([self.comm.Iallgatherv(payload, [out, sizes, displs, MPI.BYTE])],
+                      self.timeout, "allgather")
+        result = []
+        for q, sp in enumerate(specs):
+            if q == self.rank:
+                result.append(value)
+                continue
+            item = build_zeros(sp)
+            _unpack(out[displs[q]:displs[q] + sizes[q]], flatten(item))
+            result.append(item)
+        return result
+
+    def scatter(self, values: list[Any] | None = None, root: int = 0) -> Any:
+        """Give rank ``i`` the ``values[i]`` of ``root`` (a list of ``size`` values)."""
+        self._check_open()
+        self._check_root(root)
+        specs: Any = None
+        if self.rank == root:
+            if not isinstance(values, list | tuple) or len(values) != self.size:
+                got = len(values) if isinstance(values, list | tuple) else type(values).__name__
+                specs = ("error", f"scatter: root needs a list of {self.size} values, got {got}")
+            else:
+                specs = [spec_of(v) for v in values]
+        specs = bcast_obj(self.comm, specs, root, self.timeout, "scatter")
+        if isinstance(specs, tuple) and specs[0] == "error":
+            raise ValueError(specs[1])
+        assert isinstance(specs, list)
+        if self.rank == root:
+            assert values is not None
+            reqs = [self.comm.Isend(_pack(flatten(v)), dest=q, tag=77)
+                    for q, v in enumerate(values) if q != root]
+            wait_requests(reqs, self.timeout, "scatter")
+            return values[root]
+        item = build_zeros(specs[self.rank])
+        leaves = flatten(item)
+        buf = np.empty(sum(leaf.nbytes for leaf in leaves), dtype=np.uint8)
+        wait_requests([self.comm.Irecv(buf, source=root, tag=77)], self.timeout, "scatter")
+        _unpack(buf, leaves)
+        return item
+
+    def barrier(self) -> None:
+        """Wait until every rank gets here (with the Tree's timeout)."""
+        self._check_open()
+        wait_requests([self.comm.Ibarrier()], self.timeout, "barrier")
+
+    def _check_root(self, root: int) -> None:
+        if not 0 <= root < self.size:
+            raise ConfigError(f"root must be in 0..{self.size - 1}, got {root}")
+
+
+# -- value helpers ---------------------------------------------------------------------------
+def _pack(leaves: list[Leaf]) -> Array:
+    if not leaves:
+        return np.empty(0, dtype=np.uint8)
+    if len(leaves) == 1:
+        return leaves[0].flat.view(np.uint8)
+    return np.concatenate([leaf.flat.view(np.uint8) for leaf in leaves])
+
+
+def _unpack(buf: Array, leaves: list[Leaf]) -> None:
+    offset = 0
+    for leaf in leaves:
+        dest = leaf.flat.view(np.uint8)
+        if dest.ctypes.data != buf[offset:].ctypes.data:
+            np.copyto(dest, buf[offset:offset + leaf.nbytes])
+        offset += leaf.nbytes
+        leaf.write_back()
+
+
+def _spec_nbytes(spec: Any) -> int:
+    kind = spec[0]
+    if kind == "dict":
+        return sum(_spec_nbytes(v) for _, v in spec[1])
+    if kind in ("list", "tuple"):
+        return sum(_spec_nbytes(v) for v in spec[1])
+    itemsize = 2 if spec[1] in ("float16", "bfloat16") else np.dtype(spec[1]).itemsize
+    return int(np.prod(spec[2], dtype=np.int64)) * itemsize
+
+
+def _copy_into(dst: Any, src: Any) -> None:
+    for d, s in zip(flatten(dst, "out"), flatten(src), strict=True):
+        np.copyto(d.flat, s.flat)
+        d.write_back()
+
+
+def _clone(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _clone(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clone(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_clone(v) for v in value)
+    if isinstance(value, np.ndarray):
+        return value.copy()
+    if hasattr(value, "clone"):
+        return value.clone()
+    return value
+
+
+def _divide(flat: Array, n: int, torch_dtype: Any) -> None:
+    if n == 1:
+        return
+    if torch_dtype is not None:
+        import torch
+
+        torch.from_numpy(flat).view(torch_dtype).div_(n)
+    elif np.issubdtype(flat.dtype, np.integer):
+        np.floor_divide(flat, n, out=flat)
+    else:
+        np.divide(flat, n, out=flat)
+
+
+def _identity_bits(op: ReduceOp, leaf: Leaf) -> Any:
+    ident = op.identity(leaf.flat.dtype, leaf.torch_dtype)
+    if leaf.torch_dtype is None:
+        return ident
+    import torch
+
+    return torch.tensor([ident], dtype=leaf.torch_dtype).view(torch.int16).numpy() \
+        .view(np.uint16)[0]
+
+
+def _as_user(leaf: Leaf, raw: Array) -> Any:
+    """View raw bytes as the user's kind of leaf (tensor or array) and shape."""
+    shape = leaf.obj.shape
+    if isinstance(leaf.obj, np.ndarray):
+        return raw.view(leaf.flat.dtype).reshape(shape)
+    import torch
+
+    t = torch.from_numpy(raw.view(leaf.flat.dtype))
+    if leaf.torch_dtype is not None:
+        t = t.view(leaf.torch_dtype)
+    return t.reshape(shape)
+
+
+def _user_bytes(value: Any, leaf: Leaf) -> Array:
+    if isinstance(value, np.ndarray):
+        return np.ascontiguousarray(value, dtype=leaf.flat.dtype).reshape(-1).view(np.uint8)
+    t = value.detach().to("cpu").contiguous().reshape(-1)
+    if leaf.torch_dtype is not None:
+        import torch
+
+        t = t.to(leaf.torch_dtype).view(torch.int16)
+    else:
+        t = t.to(leaf.obj.dtype)
+    return np.asarray(t.numpy()).view(np.uint8)
