@@ -214,12 +214,12 @@ def cancel(job_ids: tuple[str, ...], signal_name: str | None, batch: bool) -> No
 
 @click.command()
 @click.argument("job_id")
-@click.option("--stderr", "stream", flag_value="stderr", default=False,
+@click.option("--stderr", "use_stderr", is_flag=True,
               help="Show standard error instead of standard output.")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing until the job finishes.")
 @click.option("--log-dir", default="slurm-logs", show_default=True,
               help="Where to find the logs of jobs Slurm has forgotten.")
-def logs(job_id: str, stream: str | bool, follow: bool, log_dir: str) -> None:
+def logs(job_id: str, use_stderr: bool, follow: bool, log_dir: str) -> None:
     r"""Print the output of JOB_ID (its .out file; --stderr for the .err file).
 
     \b
@@ -230,7 +230,7 @@ def logs(job_id: str, stream: str | bool, follow: bool, log_dir: str) -> None:
     from nonsense_hpc.cluster import jobs
     from nonsense_hpc.errors import ClusterError
 
-    which = stream if isinstance(stream, str) else "stdout"
+    which = "stderr" if use_stderr else "stdout"
     try:
         if not follow:
             sys.stdout.write(jobs.logs(job_id, stream=which, log_dir=log_dir))

@@ -8,8 +8,10 @@ Example:
 """
 
 from nonsense_hpc.cluster.env import (
+    ALLOCATION_VARIABLES,
     SOURCES,
     JobEnvironment,
+    allocation_environment,
     apply_torchrun_environment,
     expand_hostlist,
     master_port,
@@ -40,6 +42,7 @@ from nonsense_hpc.cluster.slurm import (
 )
 
 __all__ = [
+    "ALLOCATION_VARIABLES",
     "FINISHED_STATES",
     "LAUNCHERS",
     "PARAMETERS",
@@ -50,6 +53,7 @@ __all__ = [
     "JobStatus",
     "PreemptionHandler",
     "ResourceError",
+    "allocation_environment",
     "apply_torchrun_environment",
     "cancel",
     "container_command",

@@ -206,12 +206,17 @@ def cancel(job_id: str | int, *, signal: str | None = None, batch_only: bool = F
     Raises:
         ClusterError: scancel failed (an unknown job, for instance).
     """
-    argv = ["scancel"]
+    argv = ["scancel", "--verbose"]
     if signal:
         argv.append(f"--signal={signal}")
     if batch_only:
         argv.append("--batch")
-    run_slurm([*argv, str(job_id)])
+    proc = run_slurm([*argv, str(job_id)])
+    # scancel exits 0 even for an unknown job; only --verbose prints the error.
+    errors = [line.split("error: ", 1)[1] for line in proc.stderr.splitlines()
+              if "error: " in line]
+    if errors:
+        raise ClusterError(f"scancel failed: {'; '.join(errors)}")
 
 
 def requeue(job_id: str | int) -> None:

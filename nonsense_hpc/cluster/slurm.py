@@ -284,10 +284,13 @@ def render_sbatch(
         lines.append(f"#SBATCH --signal=B:{warning_signal}@{warning_seconds}")
     lines += [
         "",
-        "set -uo pipefail",
+        "set -o pipefail",
         'export NONSENSE_JOB_ID="$SLURM_JOB_ID"',
         f"export NONSENSE_MAX_REQUEUES={max_requeues}",
     ]
+    if launcher == "mpirun":
+        # The Open MPI wheel's UCX one-sided component warns on every shared window.
+        lines.append('export OMPI_MCA_osc="${OMPI_MCA_osc:-^ucx}"')
     lines += [f"export {k}={shlex.quote(v)}" for k, v in sorted(env.items())]
     lines += list(setup)
     status = f'{shlex.quote(logs)}/"$SLURM_JOB_NAME-$SLURM_JOB_ID.status"'
