@@ -111,9 +111,10 @@ def bwrap_command(
             cmd += ["--ro-bind", path, path]
     for bind in all_binds:
         cmd += ["--ro-bind" if bind.readonly else "--bind", bind.src, bind.dst]
-    cmd += ["--remount-ro", "/", "--die-with-parent"]
-    if instance:
-        cmd += ["--unshare-pid"]
+    cmd += ["--remount-ro", "/"]
+    # A rank dies with its launcher; an instance must outlive the command that started it
+    # (it is stopped through its process group instead).
+    cmd += ["--unshare-pid"] if instance else ["--die-with-parent"]
     if clean_env:
         cmd += ["--clearenv"]
         for key, value in sorted(passthrough_environment(host_env).items()):
