@@ -38,6 +38,7 @@ __all__ = [
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
+_FORK_BLOCKED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD}
 
 
 def _prctl(option: int, arg: int) -> bool:
@@ -205,7 +206,12 @@ def fork_callable(target: Callable[[], int | None], env: Mapping[str, str],
     err = None if stderr in (None, "stdout") else _open_output(stderr)
     sys.stdout.flush()
     sys.stderr.flush()
+    # Block the stop signals across fork: until the child has reset its handlers, a
+    # SIGTERM would run the *supervisor's* handler in the child and be lost.
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _FORK_BLOCKED)
     pid = os.fork()
+    if pid != 0:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
     if pid == 0:  # pragma: no cover - runs in the child, which never returns
         code = 1
         try:
@@ -214,7 +220,7 @@ def fork_callable(target: Callable[[], int | None], env: Mapping[str, str],
             else:
                 os.setpgid(0, 0)
             _prctl(_PR_SET_PDEATHSIG, int(death_signal))
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP):
+            for sig in _FORK_BLOCKED:
                 signal.signal(sig, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_SETMASK, set())
             os.environ.clear()
