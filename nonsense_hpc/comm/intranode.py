@@ -187,7 +187,11 @@ class NodeExchange:
                ) -> Array:
         """Elements [lo, hi) of rank q's buffer (a view of its slot, or read into tmp)."""
         if staged:
-            return self.arena.stage_slot(q, flat.nbytes).view(flat.dtype)[lo:hi]
+            view: Array = self.arena.stage_slot(q, flat.nbytes).view(flat.dtype)[lo:hi]
+            if self.recorder is not None:
+                now = time.perf_counter()
+                self.recorder.record("allreduce", "read", self.world[q], view.nbytes, now, now)
+            return view
         out = tmp[: (hi - lo) * flat.itemsize].view(flat.dtype)
         assert self.reader is not None
         t0 = time.perf_counter() if self.recorder is not None else 0.0
@@ -275,7 +279,11 @@ class NodeExchange:
             return
         dest = flat[lo:hi]
         if staged:
+            t0 = time.perf_counter() if self.recorder is not None else 0.0
             np.copyto(dest, self.arena.stage_slot(q, flat.nbytes).view(flat.dtype)[lo:hi])
+            if self.recorder is not None:
+                self.recorder.record("allreduce", "read", self.world[q], dest.nbytes, t0,
+                                     time.perf_counter())
             return
         assert self.reader is not None
         t0 = time.perf_counter() if self.recorder is not None else 0.0

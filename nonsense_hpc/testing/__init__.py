@@ -11,6 +11,7 @@ constants tune the matrix::
     TEST_NP = {"test_big": (2,)}     # per-test override
     TIMEOUT = 60                     # seconds per test before the hang guard fires
     VARIANTS = {"nodes2": {"NONSENSE_RANKS_PER_NODE": "2"}}   # extra environments
+    VARIANT_NP = {"nodes2": (3, 5)}  # rank counts for a variant (default: NP)
     MPIRUN_ARGS = ("--enable-recovery",)                     # launcher options
 
 Items are named ``test_x[np=4]`` (or ``test_x[np=4-nodes2]``), so a failure names the

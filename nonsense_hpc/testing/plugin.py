@@ -124,6 +124,7 @@ class MpiFile(pytest.File):
         test_np: dict[str, tuple[int, ...]] = _literal(tree, "TEST_NP", {})
         variants: dict[str, dict[str, str]] = {"": {}}
         variants.update(_literal(tree, "VARIANTS", {}))
+        variant_np: dict[str, tuple[int, ...]] = _literal(tree, "VARIANT_NP", {})
         timeout = float(_literal(tree, "TIMEOUT", DEFAULT_TIMEOUT))
         timeout *= float(self.config.getoption("--mpi-timeout-scale"))
         extra = tuple(_literal(tree, "MPIRUN_ARGS", ()))
@@ -133,6 +134,9 @@ class MpiFile(pytest.File):
         runs: dict[tuple[str, int], _Run] = {}
         for variant, env in variants.items():
             for np in sorted(set(nps) | {n for t in tests for n in test_np.get(t, ())}):
+                if variant and variant in variant_np and np not in variant_np[variant] \
+                        and not forced:
+                    continue
                 for test in tests:
                     wanted = test_np.get(test, nps)
                     if forced:
