@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import click
 
-__all__ = ["COMMANDS", "container"]
+__all__ = ["BENCH_COMMANDS", "COMMANDS", "container"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 _RUNTIMES = ["auto", "apptainer", "singularity", "local"]
@@ -327,4 +327,11 @@ def instance_stop(names: tuple[str, ...], runtime: str, stop_all: bool, timeout:
         raise _fail(exc) from None
 
 
+def _bench_commands() -> list[click.Command]:
+    from nonsense_hpc.containers.bench import container_startup
+
+    return [container_startup]
+
+
 COMMANDS = [container]
+BENCH_COMMANDS = _bench_commands()

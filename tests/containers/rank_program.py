@@ -3,6 +3,7 @@
 import json
 import os
 import sys
+from pathlib import Path
 
 from mpi4py import MPI
 
@@ -23,7 +24,7 @@ print(json.dumps({
     "sum": total,
     "tree_sum": tree_sum,
     "sandbox": os.path.exists("/.nonsense-sandbox.json"),
-    "os": open("/etc/os-release").readline().strip(),
+    "os": Path("/etc/os-release").read_text().splitlines()[0],
     "library": MPI.Get_library_version().splitlines()[0],
     "prefix": sys.prefix,
 }), flush=True)

@@ -42,7 +42,8 @@ def test_exec_runs_inside_the_sandbox(sandbox_image, tmp_path):
 def test_exit_status_env_and_binds(sandbox_image, tmp_path):
     rt = LocalRuntime()
     assert rt.exec(sandbox_image, ["sh", "-c", "exit 7"], timeout=60).returncode == 7
-    data = Path("/work/main") if Path("/work/main").is_dir() else tmp_path
+    data = tmp_path / "data"
+    data.mkdir()
     result = rt.exec(sandbox_image, ["sh", "-c", "echo $GREETING; ls /data >/dev/null && "
                                      "touch /data/x 2>/dev/null || echo ro"],
                      binds=[f"{data}:/data:ro"], env={"GREETING": "hello"},
