@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -209,12 +210,12 @@ def fork_callable(target: Callable[[], int | None], env: Mapping[str, str],
     # Block the stop signals across fork: until the child has reset its handlers, a
     # SIGTERM would run the *supervisor's* handler in the child and be lost.
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _FORK_BLOCKED)
+    ready_r, ready_w = os.pipe()
     pid = os.fork()
-    if pid != 0:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
     if pid == 0:  # pragma: no cover - runs in the child, which never returns
         code = 1
         try:
+            os.close(ready_r)
             if new_session:
                 os.setsid()
             else:
@@ -222,6 +223,8 @@ def fork_callable(target: Callable[[], int | None], env: Mapping[str, str],
             _prctl(_PR_SET_PDEATHSIG, int(death_signal))
             for sig in _FORK_BLOCKED:
                 signal.signal(sig, signal.SIG_DFL)
+            # Only now is the process group there for the supervisor to signal.
+            os.close(ready_w)
             signal.pthread_sigmask(signal.SIG_SETMASK, set())
             os.environ.clear()
             os.environ.update(env)
@@ -248,6 +251,13 @@ def fork_callable(target: Callable[[], int | None], env: Mapping[str, str],
                 sys.stdout.flush()
                 sys.stderr.flush()
             os._exit(code & 0xFF)
+    signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+    os.close(ready_w)
+    try:
+        # EOF once the child has its own process group (or has died trying).
+        select.select([ready_r], [], [], 10.0)
+    finally:
+        os.close(ready_r)
     if out is not None:
         out.close()
     if err is not None:

@@ -129,11 +129,11 @@ def test_bad_files(tmp_path):
         load_config(tmp_path / "missing.toml")
     bad = tmp_path / "bad.toml"
     bad.write_text("[[children]\n")
-    with pytest.raises(ConfigError, match="bad.toml: does not parse"):
+    with pytest.raises(ConfigError, match=r"bad\.toml: does not parse"):
         load_config(bad)
     other = tmp_path / "tree.ini"
     other.write_text("")
-    with pytest.raises(ConfigError, match="unknown config format '.ini'"):
+    with pytest.raises(ConfigError, match=r"unknown config format '\.ini'"):
         load_config(other)
 
 
@@ -283,6 +283,14 @@ def test_config_runs_the_devices(tmp_path):
     ctx.term()
 
 
+def _children_of(pid):
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            return [int(x) for x in fh.read().split()]
+    except OSError:
+        return []
+
+
 def test_supervise_stops_on_sigterm_without_leftovers(tmp_path):
     path = tmp_path / "t.toml"
     path.write_text('[[children]]\nid = "sh"\ncommand = ["sh", "-c", "sleep 3600 & wait"]\n')
@@ -295,10 +303,8 @@ def test_supervise_stops_on_sigterm_without_leftovers(tmp_path):
         while "spawn sh" not in line:
             line = proc.stderr.readline()
         child = int(line.split("pid=")[1])
-        wait_for(lambda: os.path.exists(f"/proc/{child}/task/{child}/children") and
-                 open(f"/proc/{child}/task/{child}/children").read().strip() != "",
-                 what="grandchild")
-        grandchild = int(open(f"/proc/{child}/task/{child}/children").read().split()[0])
+        wait_for(lambda: _children_of(child), what="grandchild")
+        grandchild = _children_of(child)[0]
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
     finally:

@@ -69,8 +69,8 @@ def test_simple_one_for_one_dynamic_children(events):
         a = sup.start_child(["3600"])
         b = sup.start_child(["3601"])
         assert (a.id, b.id) == ("job.1", "job.2")
-        with open(f"/proc/{b.pid}/cmdline", "rb") as fh:
-            assert fh.read().split(b"\0")[:2] == [b"sleep", b"3601"]
+        # the kernel fills in cmdline a moment after exec has closed Popen's pipe
+        wait_for(lambda: _cmdline(b.pid)[:2] == [b"sleep", b"3601"], what="b's argv")
         os.kill(a.pid, signal.SIGKILL)
         assert events.wait("restart", "job.1").restarted == ("job.1",)
         after = pids(sup)
@@ -79,6 +79,11 @@ def test_simple_one_for_one_dynamic_children(events):
         assert list(pids(sup)) == ["job.1"]
         with pytest.raises(ConfigError, match="extra arguments"):
             sup.start_child(template)
+
+
+def _cmdline(pid):
+    with open(f"/proc/{pid}/cmdline", "rb") as fh:
+        return fh.read().split(b"\0")
 
 
 def test_restart_types(events, tmp_path):
