@@ -306,7 +306,10 @@ def decode(header: bytes, buffers: Sequence[Any]) -> Any:
         tree = json.loads(header)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise WireError(f"ipc header is not UTF-8 JSON: {exc}") from None
-    return _Decoder(buffers).walk(tree)
+    try:
+        return _Decoder(buffers).walk(tree)
+    except RecursionError:
+        raise WireError("ipc header nested too deeply") from None
 
 
 class _Decoder:

@@ -111,6 +111,13 @@ class Connection:
                                        f"{timeout} s; connection closed") from None
                 raise ConnectionError(f"sending to {self.peer} failed: {exc}") from exc
 
+    def buffered(self) -> bool:
+        """Whether bytes of a next message were already read ahead from the socket.
+
+        A ``select`` on the socket does not see them: check this first.
+        """
+        return self._rpos < self._rend
+
     def poll(self, timeout: float | None = 0.0) -> bool:
         """Whether a message (or the peer's end of stream) is ready to be read."""
         self._check_open()

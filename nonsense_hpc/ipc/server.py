@@ -201,8 +201,10 @@ class Server:
             for conn in self._conns:
                 sel.register(conn.sock, selectors.EVENT_READ, conn)
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready = [c for c in self._conns if c.buffered()]  # read ahead already
             try:
-                ready = [key.data for key, _ in sel.select(left) if key.data is not None]
+                if not ready:
+                    ready = [key.data for key, _ in sel.select(left) if key.data is not None]
             finally:
                 sel.close()
             if ready:

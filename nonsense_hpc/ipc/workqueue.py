@@ -297,6 +297,8 @@ class _Broker:
                             pass
                     else:
                         self._serve(key.data, sel)
+                        while key.data.buffered() and not key.data.closed:
+                            self._serve(key.data, sel)  # frames already read ahead
                 self._dispatch()
         finally:
             with self.cond:
