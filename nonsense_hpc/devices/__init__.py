@@ -10,6 +10,7 @@
 Everything speaks the wire format of :mod:`nonsense_hpc.wire` (docs/wire.md).
 """
 
+from nonsense_hpc.devices.bridge import Publisher, Result, TaskFarm
 from nonsense_hpc.devices.broker import Broker
 from nonsense_hpc.devices.control import DeviceControl
 from nonsense_hpc.devices.device import Device, Forwarder, Streamer
@@ -31,9 +32,12 @@ __all__ = [
     "Device",
     "DeviceControl",
     "Forwarder",
+    "Publisher",
+    "Result",
     "Sink",
     "StreamWorker",
     "Streamer",
+    "TaskFarm",
     "check_bind_address",
     "configure_client",
     "configure_server",

@@ -130,7 +130,7 @@ class BrokerWorker:
                         msg = wire.decode(frames)
                     except WireError:
                         continue
-                    if msg.kind == "task":
+                    if msg.kind != "heartbeat":  # a task (or a stop request)
                         ready = False
                         pipe.send_multipart(frames, copy=False)
                 if pipe in events:
@@ -153,7 +153,10 @@ class BrokerWorker:
                             "ready", {"cmd": "ready"}, kind="control"))
                     expiry = time.monotonic() + self.heartbeat * self.liveness
         finally:
-            dealer.close(0)
+            # flush results the caller handed over just before close()
+            while pipe.poll(0):
+                dealer.send_multipart(pipe.recv_multipart(copy=False), copy=False)
+            dealer.close(linger=2000)
             pipe.close(0)
 
 
