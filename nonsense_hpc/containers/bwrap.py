@@ -29,12 +29,14 @@ HOST_FILES: tuple[str, ...] = ("/etc/hosts", "/etc/resolv.conf")
 
 
 def default_binds(home: str, cwd: str) -> list[Bind]:
-    """The read-write binds every exec gets: ``/tmp``, ``$HOME`` and the working directory."""
+    """The read-write binds every exec gets: ``/tmp``, ``$HOME`` and the working directory.
+
+    ``home`` and ``cwd`` are left out when they are ``/``, empty or not a directory.
+    """
     out = [Bind("/tmp", "/tmp")]
-    if home and home != "/":
-        out.append(Bind(home, home))
-    if cwd and cwd != "/":
-        out.append(Bind(cwd, cwd))
+    for path in (home, cwd):
+        if path and path != "/" and os.path.isdir(path):
+            out.append(Bind(path, path))
     return out
 
 

@@ -73,27 +73,33 @@ def test_order_binds_later_wins_and_parents_first():
     assert out[1] == Bind("/x", "/w/main", False)
 
 
-def test_bwrap_command_shape():
-    env = {"HOME": "/home/u", "PMIX_SERVER_TMPDIR": "/", "PATH": "/bin", "OMPI_X": "1",
+def test_bwrap_command_shape(tmp_path):
+    home, proj = tmp_path / "home", tmp_path / "home" / "proj"
+    proj.mkdir(parents=True)
+    env = {"HOME": str(home), "PMIX_SERVER_TMPDIR": "/", "PATH": "/bin", "OMPI_X": "1",
            "SECRET": "s"}
     cmd = bwrap_command("/r", ["python", "-V"], binds=[Bind("/data", "/data", True)],
-                        base_binds=[Bind("/home/u/proj", "/home/u/proj", True)],
-                        env={"A": "1"}, clean_env=True, environ=env, cwd="/home/u/proj",
+                        base_binds=[Bind(str(proj), str(proj), True)],
+                        env={"A": "1"}, clean_env=True, environ=env, cwd=str(proj),
                         host_files=(), executable="bwrap")
     text = " ".join(cmd)
     assert cmd[:4] == ["bwrap", "--bind", "/r", "/"]
     assert cmd[-3:] == ["--", "python", "-V"]
     # the working directory stays writable though the source tree was bound read-only
-    assert "--bind /home/u/proj /home/u/proj" in text
-    assert "--ro-bind /home/u/proj" not in text
+    assert f"--bind {proj} {proj}" in text
+    assert f"--ro-bind {proj}" not in text
     assert "--ro-bind /data /data" in text
     # parents before children, root remounted read-only after every bind
-    assert text.index("--bind /home/u /home/u") < text.index("--bind /home/u/proj")
+    assert text.index(f"--bind {home} {home}") < text.index(f"--bind {proj}")
     assert text.index("--ro-bind /data") < text.index("--remount-ro /")
     assert "--clearenv" in cmd and "--setenv OMPI_X 1" in text and "SECRET" not in text
-    assert "--setenv A 1" in text and "--chdir /home/u/proj" in text
+    assert "--setenv A 1" in text and f"--chdir {proj}" in text
     assert "--unshare-pid" not in cmd  # ranks share the host's PID namespace
     assert "--die-with-parent" in cmd  # and die with their launcher
+    # a home or working directory that does not exist is not bound
+    gone = bwrap_command("/r", ["x"], environ={"HOME": "/nonexistent"}, cwd="/nonexistent2",
+                         host_files=())
+    assert "--bind /nonexistent" not in " ".join(gone)
     inst = bwrap_command("/r", ["svc"], environ={}, home="", cwd="/", host_files=(),
                          instance=True)
     assert "--unshare-pid" in inst and "--die-with-parent" not in inst
