@@ -9,6 +9,8 @@ from typing import Any
 
 import click
 
+from nonsense_hpc.bench.supervise import chaos_bench, supervisor_bench
+
 __all__ = ["BENCH_COMMANDS", "COMMANDS", "ctl", "supervise", "watchdog"]
 
 
@@ -158,11 +160,5 @@ def watchdog(argv: tuple[str, ...], interval: float, timeout: float | None, inte
         sys.exit(1)
 
 
-def _bench_commands() -> list[click.Command]:
-    from nonsense_hpc.bench.supervise import chaos_bench, supervisor_bench
-
-    return [supervisor_bench, chaos_bench]
-
-
 COMMANDS = [supervise, ctl, watchdog]
-BENCH_COMMANDS: list[click.Command] = []
+BENCH_COMMANDS = [supervisor_bench, chaos_bench]
