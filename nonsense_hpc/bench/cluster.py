@@ -42,18 +42,24 @@ rule all:
 
 rule ranks:
     output: "done.txt"
-    resources: tasks={ntasks}, mpi="{mpirun}", runtime=5
-    shell:
-        "{{resources.mpi}} -n {{resources.tasks}} {python} -c {stamp} {prefix}"
-        " && touch {{output}}"
+    resources: tasks={ntasks}, mpi="{tool} mpirun", runtime=5
+    shell: "{{resources.mpi}} -n {{resources.tasks}} {python} {stamp} {prefix} && touch {{output}}"
 """
 
 
-def first_rank_time(prefix: str, ntasks: int, timeout: float = 120.0) -> float:
+def first_rank_time(prefix: str, ntasks: int, timeout: float = 120.0,
+                    failed: Callable[[], bool] | None = None) -> float:
     """Wait until all ``ntasks`` ranks wrote ``PREFIX.RANK``; return the earliest time.
+
+    Args:
+        prefix: the ranks' timestamp file prefix.
+        ntasks: how many ranks to wait for.
+        timeout: seconds to wait at most.
+        failed: called while waiting; True means the submitter gave up (stop waiting).
 
     Raises:
         TimeoutError: not all ranks started within ``timeout`` seconds.
+        RuntimeError: ``failed`` said so.
     """
     deadline = time.monotonic() + timeout
     while True:
@@ -66,13 +72,18 @@ def first_rank_time(prefix: str, ntasks: int, timeout: float = 120.0) -> float:
                 pass
         if len(stamps) == ntasks:
             return min(stamps)
+        if failed is not None and failed():
+            raise RuntimeError(f"the submitter failed before the ranks of {prefix} started")
         if time.monotonic() > deadline:
             raise TimeoutError(f"ranks of {prefix} did not start within {timeout} s")
         time.sleep(0.01)
 
 
 def _rank_cmd(python: str, prefix: str) -> list[str]:
-    return [python, "-c", STAMP, prefix]
+    stamp = Path(prefix).parent / "stamp.py"
+    if not stamp.exists():
+        stamp.write_text(STAMP + "\n")
+    return [python, str(stamp), prefix]
 
 
 def _run_sbatch(work: Path, i: int, ntasks: int, mpirun: str, env: dict[str, str]) -> float:
@@ -110,7 +121,9 @@ def _run_cli(work: Path, i: int, ntasks: int, mpirun: str, env: dict[str, str]) 
     proc = subprocess.run([sys.executable, "-m", "nonsense_hpc", "submit", "-n", str(ntasks),
                            "--log-dir", str(work / "logs"), "--",
                            *_rank_cmd(sys.executable, prefix)],
-                          capture_output=True, text=True, env=env, check=True, timeout=120)
+                          capture_output=True, text=True, env=env, check=False, timeout=120)
+    if proc.returncode != 0:
+        raise click.ClickException(f"nonsense-hpc submit failed: {proc.stderr[-2000:]}")
     first = first_rank_time(prefix, ntasks)
     jobs.wait(proc.stdout.strip(), timeout=120, log_dir=str(work / "logs"))
     return first - t0
@@ -122,22 +135,28 @@ def _run_snakemake(work: Path, i: int, ntasks: int, mpirun: str, env: dict[str, 
     wf = work / f"smk{i}"
     wf.mkdir()
     (wf / "Snakefile").write_text(_SNAKEFILE.format(
-        ntasks=ntasks, mpirun=mpirun, python=sys.executable,
-        stamp=shlex.quote(shlex.quote(STAMP)), prefix=prefix))
+        ntasks=ntasks, tool=os.path.join(os.path.dirname(sys.executable), "nonsense-hpc"),
+        python=sys.executable,
+        stamp=_rank_cmd(sys.executable, prefix)[1], prefix=prefix))
     root = Path(__file__).resolve().parents[2]
     snakemake = os.path.join(os.path.dirname(sys.executable), "snakemake")
+    log = (wf / "snakemake.log").open("w")
     t0 = time.time()
     proc = subprocess.Popen([snakemake, "--profile", str(root / "slurm"), "--directory",
-                             str(wf), "--snakefile", str(wf / "Snakefile")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=env)
+                             str(wf), "--snakefile", str(wf / "Snakefile"),
+                             "--slurm-init-seconds-before-status-checks", "1",
+                             "--seconds-between-status-checks", "1"],
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
-        first = first_rank_time(prefix, ntasks, timeout=300)
+        first = first_rank_time(prefix, ntasks, timeout=300,
+                                failed=lambda: proc.poll() not in (None, 0))
         if proc.wait(timeout=300) != 0:
-            raise click.ClickException(f"snakemake failed in {wf}")
+            raise click.ClickException(f"snakemake failed, see {wf / 'snakemake.log'}")
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        log.close()
     return first - t0
 
 

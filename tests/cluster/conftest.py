@@ -2,8 +2,9 @@
 
 The session fixture ``slurm`` checks that a Slurm controller answers and its node takes
 jobs; when it does not and we are root, it runs slurm/local-cluster/up.sh (installs
-slurm-wlm and munge, starts the daemons: about 15 s the first time). Otherwise the
-tests that need it skip, saying why.
+slurm-wlm and munge, starts the daemons: about 15 s the first time) and stops the
+daemons again with down.sh at the end of the session (so no process is left behind).
+Otherwise the tests that need it skip, saying why.
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 UP = ROOT / "slurm" / "local-cluster" / "up.sh"
+DOWN = UP.with_name("down.sh")
 VENV_BIN = os.path.dirname(sys.executable)
 
 
@@ -39,15 +42,17 @@ def _usable() -> tuple[bool, str]:
 
 
 @pytest.fixture(scope="session")
-def slurm() -> str:
-    """Make sure a Slurm takes jobs here; returns the default partition name."""
+def slurm() -> Iterator[str]:
+    """Make sure a Slurm takes jobs here; yields the default partition name."""
     ok, why = _usable()
+    started = False
     if not ok:
         if os.geteuid() != 0:
             pytest.skip(f"Slurm not up ({why}) and not root: run sudo bash {UP}")
         proc = subprocess.run(["bash", str(UP)], capture_output=True, text=True, timeout=600)
         if proc.returncode != 0:
             pytest.fail(f"{UP} failed:\n{proc.stdout}\n{proc.stderr}")
+        started = True
         ok, why = _usable()
         if not ok:
             pytest.fail(f"Slurm still not usable after {UP}: {why}")
@@ -57,8 +62,9 @@ def slurm() -> str:
         os.environ["PATH"] = VENV_BIN + os.pathsep + os.environ.get("PATH", "")
     out = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True,
                          timeout=20).stdout.split()
-    default = next((p.rstrip("*") for p in out if p.endswith("*")), out[0] if out else "")
-    return default
+    yield next((p.rstrip("*") for p in out if p.endswith("*")), out[0] if out else "")
+    if started and os.environ.get("NONSENSE_KEEP_SLURM") != "1":
+        subprocess.run(["bash", str(DOWN)], capture_output=True, timeout=120)
 
 
 @pytest.fixture
