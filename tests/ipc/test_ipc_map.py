@@ -10,7 +10,6 @@ import torch
 from nonsense_hpc import ipc
 from nonsense_hpc.errors import RemoteError
 
-
 STATE = {"who": "module default"}
 
 
