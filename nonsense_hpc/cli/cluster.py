@@ -71,6 +71,8 @@ def _pairs(values: Sequence[str], what: str) -> dict[str, str]:
 @click.option("--launcher", type=click.Choice(["mpirun", "srun", "none"]), default="mpirun",
               show_default=True,
               help="How ranks start: host mpirun, srun, or none (run COMMAND once).")
+@click.option("--launcher-arg", "launcher_args", multiple=True, metavar="ARG",
+              help="Extra launcher option (repeatable), e.g. --launcher-arg=--mpi=pmix.")
 @click.option("--env", "-e", "env", multiple=True, metavar="NAME=VALUE",
               help="Export a variable in the job (repeatable).")
 @click.option("--setup", multiple=True, metavar="LINE",
@@ -92,7 +94,8 @@ def submit(nodes: str | None, ntasks: int | None, time_limit: str | None,
            partition: str | None, container: str | None, job_name: str | None,
            mem: str | None, cpus_per_task: int | None, ntasks_per_node: int | None,
            gpus_per_node: int | None, account: str | None, resources: tuple[str, ...],
-           launcher: str, env: tuple[str, ...], setup: tuple[str, ...], log_dir: str,
+           launcher: str, launcher_args: tuple[str, ...], env: tuple[str, ...],
+           setup: tuple[str, ...], log_dir: str,
            max_requeues: int, warning_seconds: int, wait_: bool, timeout: float | None,
            dry_run: bool, command: tuple[str, ...]) -> None:
     r"""Submit COMMAND as a Slurm batch job, one process per task (sbatch --parsable).
@@ -129,12 +132,14 @@ def submit(nodes: str | None, ntasks: int | None, time_limit: str | None,
             click.echo(slurm.render_sbatch(
                 list(command), params, log_dir=os.path.abspath(log_dir), launcher=launcher,
                 mpirun=find_mpirun() if launcher == "mpirun" else "mpirun",
-                container=container, environment=variables, setup=setup,
+                launcher_args=launcher_args, container=container, environment=variables,
+                setup=setup,
                 warning_seconds=warning, max_requeues=max_requeues), nl=False)
             return
         job = jobs.submit(list(command), container=container, launcher=launcher,
                           log_dir=log_dir, environment=variables, setup=setup,
-                          max_requeues=max_requeues, warning_seconds=warning, **params)
+                          max_requeues=max_requeues, warning_seconds=warning,
+                          launcher_args=launcher_args, **params)
     except (ConfigError, ClusterError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(job.job_id)

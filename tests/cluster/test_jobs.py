@@ -114,3 +114,15 @@ def test_mpi_template_runs_as_is(slurm, job_env, tmp_path, cancel_after):
     assert st.state == "COMPLETED", out + Path(st.stderr).read_text()
     assert sorted(line for line in out.splitlines() if line.startswith("rank")) == \
         ["rank 0", "rank 1"]
+
+
+def test_srun_launcher_ranks_map_through_the_slurm_row(slurm, job_env, tmp_path, cancel_after):
+    code = ("import json; from nonsense_hpc.cluster import JobEnvironment as J; e = J.from_env(); "
+            "print(json.dumps([e.rank, e.world_size, e.local_rank, e.source, e.job_id]))")
+    job = cluster.submit([sys.executable, "-c", code], ntasks=2, launcher="srun",
+                         partition=slurm, log_dir=tmp_path, environment=job_env)
+    cancel_after.append(job.job_id)
+    st = job.wait(timeout=60)
+    assert st.ok, job.logs("stderr")
+    rows = sorted(json.loads(line) for line in job.logs().splitlines())
+    assert rows == [[0, 2, 0, "slurm", job.job_id], [1, 2, 1, "slurm", job.job_id]]
