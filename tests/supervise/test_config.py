@@ -245,9 +245,12 @@ def test_supervise_exits_1_when_it_gives_up(tmp_path):
 
 
 def _devices_cli_available():
-    proc = subprocess.run([sys.executable, "-m", "nonsense_hpc", "forwarder", "--help"],
-                          capture_output=True, timeout=60)
-    return proc.returncode == 0
+    try:
+        from nonsense_hpc.cli import devices
+    except ImportError:
+        return False
+    names = {c.name for c in getattr(devices, "COMMANDS", [])}
+    return {"forwarder", "streamer", "broker"} <= names
 
 
 def test_config_runs_the_devices(tmp_path):
@@ -258,9 +261,13 @@ def test_config_runs_the_devices(tmp_path):
     spec = parse_config({"supervisor": {"name": "devices"}, "children": [
         {"id": "forwarder", "forwarder": {"in": fin, "out": fout}},
         {"id": "streamer", "streamer": {"in": sin, "out": sout}},
-    ]})
+        {"id": "broker", "broker": {"in": f"ipc://{tmp_path}/bin",
+                                    "workers": f"ipc://{tmp_path}/bworkers",
+                                    "results": f"ipc://{tmp_path}/bresults"}},
+    ]}, base=tmp_path)
+    events = Events()
     ctx = zmq.Context()
-    with Supervisor(spec) as sup:
+    with Supervisor(spec, on_event=events.put) as sup:
         assert all(c.pid for c in sup.which_children())
         pub, sub = ctx.socket(zmq.PUB), ctx.socket(zmq.SUB)
         sub.setsockopt(zmq.SUBSCRIBE, b"")
@@ -280,7 +287,12 @@ def test_config_runs_the_devices(tmp_path):
         assert got is not None and got.data == {"n": 2}
         for s in (pub, sub, push, pull):
             s.close(0)
+        # all three devices are still up: none crashed and none was restarted
+        assert all(c.pid and c.restarts == 0 for c in sup.which_children())
     ctx.term()
+    exits = [e for e in events.drain() if e.kind == "exit"]
+    assert [e.child for e in exits] == ["broker", "streamer", "forwarder"]
+    assert all(e.reason == "shutdown" for e in exits)
 
 
 def _children_of(pid):

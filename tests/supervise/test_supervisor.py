@@ -87,13 +87,16 @@ def _cmdline(pid):
 
 
 def test_restart_types(events, tmp_path):
+    once = tmp_path / "once"
+    # exits 0 the first time, then runs: a permanent child is restarted even after exit 0
+    perm = ["sh", "-c", f"test -e {once} && exec sleep 3600; touch {once}; exit 0"]
     children = [
-        ChildSpec(id="perm", start=["sh", "-c", "exit 0"], restart="permanent"),
+        ChildSpec(id="perm", start=perm, restart="permanent"),
         ChildSpec(id="trans_ok", start=["sh", "-c", "exit 0"], restart="transient"),
-        ChildSpec(id="trans_bad", start=["sh", "-c", "read x"], restart="transient"),
+        ChildSpec(id="trans_bad", start=SLEEP, restart="transient"),
         ChildSpec(id="temp", start=SLEEP, restart="temporary"),
     ]
-    sup = Supervisor(children=children, intensity=1000, period=1.0, on_event=events.put)
+    sup = Supervisor(children=children, intensity=10, period=60, on_event=events.put)
     with sup:
         events.wait("restart", "perm")                   # exit 0 still restarts
         exit_event = events.wait("exit", "trans_ok")
