@@ -4,7 +4,8 @@ Each direction has its own segment (an anonymous ``memfd`` both processes map), 
 ``SLOTS`` slots. The writer copies message bytes into a free slot and sends a 9-byte token
 (``b"D"`` + length) on a Unix socket pair; the reader copies the bytes straight out of the
 slot into the memory of the value it is building and answers with an ack token
-(``b"A"``), which frees the slot. So:
+(``b"A"``), which frees the slot (the ack of a message's last slot rides along with the
+next data token, or is sent before waiting). So:
 
 * a message of any size *streams* through the segment slot by slot (never truncated);
   the writer pipelines: it fills the next slot while the reader empties the last one;
@@ -79,6 +80,7 @@ class Endpoint:
         self._tokens = bytearray()
         self._peer_closed = False
         self._acks_off = False
+        self._unacked = 0
         self._broken: str | None = None
         self._send_lock = threading.Lock()
         self._recv_lock = threading.Lock()
@@ -179,7 +181,7 @@ class Endpoint:
                 self._flush()
 
     def _flush(self) -> None:
-        self.sock.sendall(_TOKEN.pack(b"D", self._out_fill))
+        self._send_acks(_TOKEN.pack(b"D", self._out_fill))
         self._free -= 1
         self._out_idx = (self._out_idx + 1) % SLOTS
         self._out_fill = 0
@@ -204,18 +206,35 @@ class Endpoint:
                 pos += n
                 if self._in_off == length:
                     self._release_chunk()
+                    if pos < total:
+                        self._send_acks()  # mid-message: let the writer refill at once
             else:
                 self._pump(deadline)
 
     def _release_chunk(self) -> None:
+        """The first chunk is consumed: its slot goes back to the writer with the next ack."""
         self._chunks.popleft()
         self._in_off = 0
         self._in_idx = (self._in_idx + 1) % SLOTS
-        if self._acks_off:
-            return  # nobody is waiting for the slot any more
+        self._unacked += 1
+
+    def _send_acks(self, data: bytes = b"") -> None:
+        """Send pending acks (and ``data``, a data token, in the same system call).
+
+        Acks are held back while a message has just been completed, so that in a
+        request-reply exchange they ride along with the reply's data token: one wake-up
+        of the peer per message instead of two.
+        """
+        if self._unacked and not self._acks_off:
+            data = _TOKEN.pack(b"A", self._unacked) + data
+        self._unacked = 0
+        if not data:
+            return
         try:
-            self.sock.sendall(_TOKEN.pack(b"A", 1))
+            self.sock.sendall(data)
         except OSError:
+            if data[:1] == b"D" or len(data) > _TOKEN.size:
+                raise
             # The writer finished and left; what it wrote is still in our mapping and its
             # last tokens may still be unread in the socket.
             self._acks_off = True
@@ -225,6 +244,7 @@ class Endpoint:
         if spill and self._chunks:
             self._spill_all()
             return
+        self._send_acks()  # never wait while holding slots the peer may be waiting for
         if self._peer_closed:
             raise ConnectionResetError(f"{self.peer} closed the channel")
         left = None if deadline is None else deadline - time.monotonic()
@@ -262,3 +282,4 @@ class Endpoint:
             base = self._in_idx * self.slot
             self._spill += self._in_view[base + self._in_off:base + self._chunks[0]]
             self._release_chunk()
+        self._send_acks()
