@@ -100,7 +100,9 @@ class ApptainerRuntime(ContainerRuntime):
         return str(path.absolute())
 
     def _bind_specs(self, binds: Sequence[Bind | str]) -> list[str]:
-        extra = mpi_binds(self.environ, already=("/tmp", "/dev", self.environ.get("HOME", "/")))
+        home = self.environ.get("HOME", "")
+        already = ["/tmp", "/dev"] + ([home] if home not in ("", "/") else [])
+        extra = mpi_binds(self.environ, already=already)  # Apptainer binds these itself
         return [b.spec() for b in [*extra, *as_binds(binds)]]
 
     def _env_options(self, env: Mapping[str, str] | None, clean_env: bool) -> list[str]:
@@ -124,18 +126,18 @@ class ApptainerRuntime(ContainerRuntime):
         Raises:
             ContainerError: the runtime is missing or the build failed.
         """
-        unknown = sorted(set(options) - {"build_args", "fakeroot", "include", "timeout"})
+        unknown = sorted(set(options) - {"build_args", "fakeroot"})
         if unknown:
             raise ConfigError(f"unknown build option(s) for {self.name}: {', '.join(unknown)}; "
                               "valid: build_args, fakeroot")
         out, definition_path, opts = self.build_plan(image, definition, **options)
         client = self._client()
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        result = client.build(definition_path, out, sudo=False, force=force, options=opts,
-                              quiet=True, return_result=True)
+        # spython streams the build's output to ours and has no timeout of its own.
+        client.build(definition_path, out, sudo=False, force=force, options=opts, quiet=True)
         if not os.path.exists(out):
-            raise ContainerError(f"{self.name} build of {out} from {definition_path} failed: "
-                                 f"{result}")
+            raise ContainerError(f"{self.name} build of {out} from {definition_path} failed "
+                                 "(its output is above)")
         return out
 
     def build_plan(self, image: str | None = None, definition: str | None = None,

@@ -21,6 +21,8 @@ instances = json.loads(state.read_text()) if state.exists() else []
 if words[:1] == ["--version"]:
     print("apptainer version 1.3.4")
 elif words[:1] == ["build"]:
+    if "broken" in words[-1]:
+        sys.exit("FATAL: While performing build: %post script failed")
     Path(words[-2]).write_text("fake sif\n")
 elif words[:2] == ["instance", "start"]:
     rest, positional = words[2:], []
