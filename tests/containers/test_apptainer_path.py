@@ -88,7 +88,7 @@ def test_build_goes_through_spython(fake_singularity, tmp_path):
 def test_failed_build_is_a_clear_error(fake_singularity, tmp_path):
     broken = tmp_path / "broken.def"
     broken.write_text("Bootstrap: docker\nFrom: python:3.11-slim\n")
-    with pytest.raises(ContainerError, match="build of .*job.sif from .*broken.def failed"):
+    with pytest.raises(ContainerError, match=r"build of .*job.sif from .*broken.def failed"):
         ApptainerRuntime("apptainer").build(str(tmp_path / "job.sif"), str(broken))
     with pytest.raises(ConfigError, match="valid: build_args, fakeroot"):
         ApptainerRuntime("apptainer").build(str(tmp_path / "job.sif"), include=["htop"])

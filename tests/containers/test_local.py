@@ -164,6 +164,8 @@ def test_instance_runs_a_service(sandbox_image, tmp_path):
         ctx.term()
     assert stop.returncode == 0, stop.stderr
     assert Path(info["log_out"]).read_text() == "terminated\n"
+    Path(info["log_out"]).unlink()  # logs outlive an instance on purpose; these are ours
+    Path(info["log_err"]).unlink()
     assert not _running(info["pid"])
     assert all(i.name != name for i in LocalRuntime().instance_list())
     proc = subprocess.run([*CLI, "instance", "stop", "--runtime", "local", name],
