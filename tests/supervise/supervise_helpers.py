@@ -17,12 +17,21 @@ class Events:
     def __init__(self) -> None:
         self.queue: queue.Queue[Event] = queue.Queue()
         self.seen: list[Event] = []
+        self._skipped: list[Event] = []  # received, not yet matched by a wait()
 
     def put(self, event: Event) -> None:
         self.queue.put(event)
 
     def wait(self, kind: str, child: str | None = None, timeout: float = 15.0) -> Event:
-        """The next event of this kind (and child), failing after ``timeout`` seconds."""
+        """The next event of this kind (and child), failing after ``timeout`` seconds.
+
+        Events received but skipped by an earlier wait are searched first, so two
+        children exiting in either order are both found.
+        """
+        for i, event in enumerate(self._skipped):
+            if event.kind == kind and (child is None or event.child == child):
+                del self._skipped[i]
+                return event
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
@@ -36,6 +45,7 @@ class Events:
             self.seen.append(event)
             if event.kind == kind and (child is None or event.child == child):
                 return event
+            self._skipped.append(event)
 
     def drain(self) -> list[Event]:
         while True:
