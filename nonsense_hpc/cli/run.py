@@ -58,7 +58,7 @@ def train(data_dir: str, out_dir: str, steps: int, batch_size: int, lr: float,
           checkpoint_dir: str | None, allreduce: str, publish: str | None,
           publish_file: str | None, threads: int, timeout: float | None,
           fail_at_step: int | None, fail_rank: int | None) -> None:
-    r"""Train the digits MLP data-parallel on every rank (launch it under mpirun).
+    """Train the digits MLP data-parallel on every rank (launch it under mpirun).
 
     Resumes from the latest checkpoint in the checkpoint directory when there is one.
     A rank that fails aborts the whole job (MPI_Abort), so no rank is left waiting.
@@ -67,7 +67,7 @@ def train(data_dir: str, out_dir: str, steps: int, batch_size: int, lr: float,
     Example:
       nonsense-hpc workflow prepare --out data --shards 2
       mpirun -n 2 nonsense-hpc train --data data --out train --steps 200
-    """
+    """  # noqa: D301 - click's \b marker
     from nonsense_hpc.errors import NonsenseError
     from nonsense_hpc.train import TrainConfig
     from nonsense_hpc.train import train as run_training
@@ -128,7 +128,254 @@ def _stamp(out_dir: str) -> None:
         fh.write(repr(_T0))
 
 
-COMMANDS = [train]
+@click.command()
+@click.option("--np", "np_", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Number of training ranks.")
+@click.option("--steps", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Training steps.")
+@click.option("--out", type=click.Path(file_okay=False), default="nonsense-run",
+              show_default=True, help="Directory for every output of the run (the "
+              "workflow's working directory).")
+@click.option("--profile", default="local", show_default=True,
+              help="Snakemake profile: local (this machine, no Slurm) or slurm "
+                   "(the repository's slurm/ profile), or a profile directory.")
+@click.option("--image", type=click.Choice(["auto", "build", "skip"]), default="auto",
+              show_default=True, help="Job image: auto (build with Apptainer/Singularity, "
+              "use an existing local sandbox, else the host), build, or skip.")
+@click.option("--allreduce", type=click.Choice(["tree", "ddp"]), default="tree",
+              show_default=True, help="Gradient averaging in training.")
+@click.option("--config", "-C", "extra_config", multiple=True, metavar="KEY=VALUE",
+              help="More workflow settings (repeatable), e.g. -C checkpoint_every=25.")
+@click.option("--snakemake-arg", "snakemake_args", multiple=True, metavar="ARG",
+              help="Pass ARG to snakemake (repeatable), e.g. --snakemake-arg=--forceall.")
+def run(np_: int, steps: int, out: str, profile: str, image: str, allreduce: str,
+        extra_config: tuple[str, ...], snakemake_args: tuple[str, ...]) -> None:
+    """Run the main job: the Snakemake workflow of docs/workflow.md, end to end.
+
+    Prepares the digits shards, finds or builds the job image, starts a supervised
+    Forwarder, trains on NP ranks with the Tree AllReduce (metrics published to the
+    Forwarder, checkpoints), evaluates and writes an HTML report. The last line says
+    where the report is. Run it again to continue a failed run: finished outputs are
+    kept and training resumes from its latest checkpoint.
+
+    As root, the workflow sets Open MPI's OMPI_ALLOW_RUN_AS_ROOT(_CONFIRM) for the jobs
+    it launches (and says so).
+
+    \b
+    Examples:
+      nonsense-hpc run
+      nonsense-hpc run --np 4 --steps 500 --out runs/np4
+      nonsense-hpc run --profile slurm        # through the local or a real Slurm
+    """  # noqa: D301 - click's \b marker
+    from nonsense_hpc.errors import ConfigError
+    from nonsense_hpc.train.mainjob import run_workflow, snakemake_command
+
+    config: dict[str, str] = {"image": image, "allreduce": allreduce}
+    for pair in extra_config:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--config")
+        config[key] = value
+    try:
+        cmd = snakemake_command(out, np=np_, steps=steps, profile=profile, config=config,
+                                extra=snakemake_args)
+    except ConfigError as exc:
+        raise _fail(exc) from None
+    click.echo(f"nonsense-hpc run: {' '.join(cmd[1:])}", err=True)
+    outcome = run_workflow(cmd, out)
+    if outcome.ok:
+        click.echo(f"nonsense-hpc run: done; report: {outcome.report}")
+        return
+    rules = ", ".join(outcome.failed_rules) or "see the log"
+    click.echo(f"nonsense-hpc run: the workflow failed (exit {outcome.returncode}; failed "
+               f"rule(s): {rules}); finished outputs are kept in {outcome.out}; log: "
+               f"{outcome.out / 'snakemake.log'}", err=True)
+    sys.exit(outcome.returncode or 1)
+
+
+@click.group()
+def workflow() -> None:
+    """The main job's steps, as the workflow's rules call them (docs/workflow.md)."""
+
+
+@workflow.command("prepare")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Directory for the shards, test set and manifest.json.")
+@click.option("--shards", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Training shards (at least the number of ranks).")
+@click.option("--test-fraction", type=float, default=0.2, show_default=True,
+              help="Share of the samples held out for evaluation.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Split seed.")
+def prepare(out: str, shards: int, test_fraction: float, seed: int) -> None:
+    """Split scikit-learn's digits into training shards and a test set.
+
+    \b
+    Example:
+      nonsense-hpc workflow prepare --out data --shards 2
+    """  # noqa: D301 - click's \b marker
+    from nonsense_hpc.errors import ConfigError
+    from nonsense_hpc.train import prepare_shards
+
+    try:
+        m = prepare_shards(out, shards, test_fraction=test_fraction, seed=seed)
+    except ConfigError as exc:
+        raise _fail(exc) from None
+    click.echo(f"{m['shards']} shards ({m['train_samples']} samples) and a test set of "
+               f"{m['test_samples']} in {out}")
+
+
+@workflow.command("image")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="Where to write the decision (JSON).")
+@click.option("--mode", type=click.Choice(["auto", "build", "skip"]), default="auto",
+              show_default=True, help="auto: build with Apptainer/Singularity, use an "
+              "existing local sandbox, else the host; build: always build; skip: host.")
+@click.option("--image", "image_name", default="nonsense-hpc", show_default=True,
+              help="Image name (or path).")
+def image(out: str, mode: str, image_name: str) -> None:
+    """Build or find the job image where a container runtime exists.
+
+    \b
+    Example:
+      nonsense-hpc workflow image --out image/image.json
+    """  # noqa: D301 - click's \b marker
+    from nonsense_hpc.errors import NonsenseError
+    from nonsense_hpc.train.image import prepare_image
+
+    try:
+        info = prepare_image(out, mode, image_name)
+    except NonsenseError as exc:
+        raise _fail(exc) from None
+    click.echo(f"image: {'used' if info['used'] else 'not used'}: {info['reason']}")
+
+
+@workflow.command("image-prefix")
+@click.argument("info", type=click.Path(dir_okay=False))
+def image_prefix(info: str) -> None:
+    """Print the per-rank command prefix the image step chose (nothing: the host).
+
+    \b
+    Example:
+      mpirun -n 2 $(nonsense-hpc workflow image-prefix image/image.json) nonsense-hpc train ...
+    """  # noqa: D301 - click's \b marker
+    import shlex
+
+    from nonsense_hpc.errors import ConfigError
+    from nonsense_hpc.train.image import exec_prefix
+
+    try:
+        click.echo(shlex.join(exec_prefix(info)))
+    except ConfigError as exc:
+        raise _fail(exc) from None
+
+
+@workflow.group("forwarder")
+def forwarder() -> None:
+    """Start or stop the run's supervised Forwarder (and its recorder)."""
+
+
+@forwarder.command("start")
+@click.option("--dir", "directory", required=True, type=click.Path(file_okay=False),
+              help="Directory for forwarder.json, messages.jsonl and monitor.log.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to bind; on a cluster, an address the compute nodes reach.")
+@click.option("--max-lifetime", type=float, default=6 * 3600.0, show_default=True,
+              help="Seconds after which the monitor stops by itself.")
+def forwarder_start(directory: str, host: str, max_lifetime: float) -> None:
+    """Start a supervised Forwarder in the background; print its addresses.
+
+    \b
+    Example:
+      nonsense-hpc workflow forwarder start --dir monitor
+      NONSENSE_PUBLISH=$(python -c "import json;print(json.load(open('monitor/forwarder.json'))['in'])")
+    """  # noqa: D301 - click's \b marker
+    from nonsense_hpc.errors import DeviceError
+    from nonsense_hpc.train.monitor import start_monitor
+
+    try:
+        info = start_monitor(directory, host=host, max_lifetime=max_lifetime)
+    except DeviceError as exc:
+        raise _fail(exc) from None
+    click.echo(f"forwarder: publish to {info['in']}, subscribe at {info['out']}, control "
+               f"{info['control']} (pid {info['pid']})")
+
+
+@forwarder.command("stop")
+@click.option("--dir", "directory", required=True, type=click.Path(file_okay=False),
+              help="The directory given to start.")
+def forwarder_stop(directory: str) -> None:
+    """Stop the supervised Forwarder started in DIR (nothing to do if none runs).
+
+    \b
+    Example:
+      nonsense-hpc workflow forwarder stop --dir monitor
+    """  # noqa: D301 - click's \b marker
+    from nonsense_hpc.errors import DeviceError
+    from nonsense_hpc.train.monitor import stop_monitor
+
+    try:
+        stopped = stop_monitor(directory)
+    except DeviceError as exc:
+        raise _fail(exc) from None
+    click.echo("forwarder: stopped" if stopped else "forwarder: none running")
+
+
+@workflow.command("evaluate")
+@click.option("--model", required=True, type=click.Path(dir_okay=False),
+              help="model.pt written by training.")
+@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False),
+              help="The prepared data (its test set).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="Where to write the metrics (JSON).")
+def evaluate(model: str, data_dir: str, out: str) -> None:
+    """Evaluate the trained model on the held-out test set.
+
+    \b
+    Example:
+      nonsense-hpc workflow evaluate --model train/model.pt --data data --out eval.json
+    """  # noqa: D301 - click's \b marker
+    from nonsense_hpc.errors import ConfigError
+    from nonsense_hpc.train import evaluate as run_evaluate
+
+    try:
+        m = run_evaluate(model, data_dir, out)
+    except ConfigError as exc:
+        raise _fail(exc) from None
+    click.echo(f"test accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f} on {m['samples']} "
+               f"samples -> {out}")
+
+
+@workflow.command("report")
+@click.option("--train", "train_dir", required=True, type=click.Path(file_okay=False),
+              help="The training output directory.")
+@click.option("--eval", "eval_json", type=click.Path(dir_okay=False), default=None,
+              help="Evaluation metrics JSON.")
+@click.option("--messages", type=click.Path(dir_okay=False), default=None,
+              help="The Forwarder recorder's messages.jsonl.")
+@click.option("--image", "image_json", type=click.Path(dir_okay=False), default=None,
+              help="The image step's JSON.")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Directory for report.html and the PNG plots.")
+def report(train_dir: str, eval_json: str | None, messages: str | None,
+           image_json: str | None, out: str) -> None:
+    """Write the HTML report with loss/accuracy, step-time and bandwidth plots.
+
+    \b
+    Example:
+      nonsense-hpc workflow report --train train --eval eval.json --out report
+    """  # noqa: D301 - click's \b marker
+    from nonsense_hpc.errors import ConfigError
+    from nonsense_hpc.train.report import write_report
+
+    try:
+        path = write_report(out, train_dir=train_dir, eval_json=eval_json,
+                            messages=messages, image_json=image_json)
+    except ConfigError as exc:
+        raise _fail(exc) from None
+    click.echo(f"report: {os.path.abspath(path)}")
+
+
+COMMANDS = [run, train, workflow]
 
 
 def _bench_commands() -> list[click.Command]:

@@ -15,7 +15,9 @@ to 5 times in 30 s. Once both sockets accept connections the process writes
     {"in": "tcp://127.0.0.1:PORT", "out": "tcp://127.0.0.1:PORT",
      "control": "ipc://DIR/control.sock", "pid": 1234, "messages": "DIR/messages.jsonl"}
 
-``in`` is what ``NONSENSE_PUBLISH`` (or ``nonsense-hpc train --publish``) takes; ``out``
+(and the same in ``DIR/monitor.json``, which :func:`stop_monitor` reads: the workflow
+deletes ``forwarder.json`` once training is done with it). ``in`` is what
+``NONSENSE_PUBLISH`` (or ``nonsense-hpc train --publish``) takes; ``out``
 is where any consumer subscribes (``nonsense-hpc ctl --control CONTROL status`` shows the
 children). :func:`stop_monitor` stops it (SIGTERM: children stop in reverse order). A
 monitor also stops by itself after ``max_lifetime`` seconds, so a workflow killed without
@@ -46,7 +48,14 @@ from nonsense_hpc.errors import DeviceError
 __all__ = ["INFO", "read_messages", "serve", "start_monitor", "stop_monitor"]
 
 INFO = "forwarder.json"
+STATE = "monitor.json"
 MESSAGES = "messages.jsonl"
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 def _free_port(host: str) -> int:
@@ -156,9 +165,8 @@ def serve(directory: str, host: str = "127.0.0.1", max_lifetime: float = 6 * 360
         time.sleep(0.05)
     info = {"in": in_addr, "out": out_addr, "control": control, "pid": os.getpid(),
             "messages": str(d / MESSAGES), "started": time.time()}
-    tmp = d / (INFO + ".tmp")
-    tmp.write_text(json.dumps(info, indent=2) + "\n")
-    os.replace(tmp, d / INFO)
+    for name in (STATE, INFO):
+        _write_json(d / name, info)
     end = time.monotonic() + max_lifetime
     while not stop["flag"] and sup.running and time.monotonic() < end:
         sup.wait(0.5)
@@ -191,14 +199,17 @@ def start_monitor(directory: str | os.PathLike[str], *, host: str = "127.0.0.1",
     d = Path(directory).absolute()
     d.mkdir(parents=True, exist_ok=True)
     info_path = d / INFO
-    if info_path.exists():
+    state_path = d / STATE
+    if state_path.exists():
         try:
-            info: dict[str, Any] = json.loads(info_path.read_text())
+            info: dict[str, Any] = json.loads(state_path.read_text())
             if _alive(int(info["pid"])) and _accepting(info["in"]):
+                _write_json(info_path, info)  # the workflow may have removed it
                 return info
         except (ValueError, KeyError):
             pass
-        info_path.unlink(missing_ok=True)
+        stop_monitor(d)
+    info_path.unlink(missing_ok=True)
     log_path = d / "monitor.log"
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
@@ -223,17 +234,19 @@ def start_monitor(directory: str | os.PathLike[str], *, host: str = "127.0.0.1",
 def stop_monitor(directory: str | os.PathLike[str], timeout: float = 30.0) -> bool:
     """Stop the monitor started in ``directory``; False if none was running.
 
-    Removes ``forwarder.json`` (so a later run starts a fresh monitor).
+    Removes ``forwarder.json`` and ``monitor.json`` (a later start makes a fresh one).
 
     Raises:
         DeviceError: it did not stop within ``timeout`` even after SIGKILL.
     """
-    info_path = Path(directory) / INFO
+    d = Path(directory)
     try:
-        pid = int(json.loads(info_path.read_text())["pid"])
+        pid = int(json.loads((d / STATE).read_text())["pid"])
     except (FileNotFoundError, ValueError, KeyError):
         return False
-    info_path.unlink(missing_ok=True)
+    finally:
+        (d / INFO).unlink(missing_ok=True)
+        (d / STATE).unlink(missing_ok=True)
     if not _alive(pid):
         return False
     os.kill(pid, signal.SIGTERM)

@@ -66,7 +66,8 @@ class TrainConfig:
             empty string: do not publish).
         threads: torch intra-op threads per rank.
         timeout: seconds a collective waits for a peer (default: the Settings').
-        fail_at_step: raise :class:`InjectedFailure` after this step (tests).
+        fail_at_step: raise :class:`InjectedFailure` after this step, in an attempt that
+            started from scratch (a resumed attempt goes on: tests of resume).
         fail_rank: only this rank fails (default: every rank).
     """
 
@@ -294,7 +295,7 @@ def train(cfg: TrainConfig, comm: Any = None) -> TrainResult:
                 checkpoint(done)
             if stop:
                 handler.handle()  # requeues and exits when allowed; else training goes on
-            if cfg.fail_at_step == done and cfg.fail_rank in (None, rank):
+            if cfg.fail_at_step == done and start == 0 and cfg.fail_rank in (None, rank):
                 raise InjectedFailure(f"rank {rank}: injected failure after step {done} "
                                       "(fail_at_step)")
     finally:
