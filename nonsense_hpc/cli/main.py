@@ -41,7 +41,12 @@ def _load_commands() -> None:
     for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
         if info.name in ("main",) or info.name.startswith("_"):
             continue
-        module = importlib.import_module(f"nonsense_hpc.cli.{info.name}")
+        try:
+            module = importlib.import_module(f"nonsense_hpc.cli.{info.name}")
+        except Exception as exc:  # one broken group must not take the others down
+            print(f"nonsense-hpc: warning: commands in nonsense_hpc.cli.{info.name} are "
+                  f"unavailable: {type(exc).__name__}: {exc}", file=sys.stderr)
+            continue
         for command in getattr(module, "COMMANDS", []):
             cli.add_command(command)
         for command in getattr(module, "BENCH_COMMANDS", []):

@@ -37,6 +37,7 @@ from nonsense_hpc.comm.shm import (
     F_HASH,
     F_NBYTES,
     F_PID,
+    LINE_WORDS,
     MID,
     STAGE,
     Arena,
@@ -73,6 +74,12 @@ class NodeExchange:
         self.piece_bytes = min(piece_bytes, arena.slot_bytes)
         self.reader = PeerReader() if transport == "cma" else None
         self.pids = [arena.get(q, F_PID) for q in range(self.size)]
+        # Precomputed control-word indices for the one-round agreement (hot path).
+        line = LINE_WORDS
+        self._arrive = [q * line + ARRIVE for q in range(self.size)]
+        self._done = [q * line + DONE for q in range(self.size)]
+        self._words = [[arena.header_index(q, par, F_HASH) for q in range(self.size)]
+                       for par in (0, 1)]
         self._tmp = np.empty(2 * CHUNK_BYTES, dtype=np.uint8)
 
     # -- rounds ----------------------------------------------------------------------
@@ -103,6 +110,39 @@ class NodeExchange:
         if self.recorder is not None:
             self.recorder.record(what, "wait", -1, 0, t0, time.perf_counter())
         return k, parity
+
+    def agree_round(self, word: int, payload: Array | None) -> tuple[int, int, list[int]]:
+        """One round: publish one header word (and a small payload); read everyone's.
+
+        The hot path of a small allreduce: no dicts, no numpy calls besides the payload
+        copy, precomputed indices into the control lines.
+
+        Returns:
+            (sequence number, parity, every rank's word). Call :meth:`done` after reading
+            the slots.
+        """
+        arena, ctrl = self.arena, self.arena.ctrl
+        self.seq += 1
+        k = self.seq
+        parity = k & 1
+        if k > 2:
+            for i in self._done:
+                if ctrl[i] < k - 2:
+                    arena.wait(DONE, k - 2, "allreduce")
+                    break
+        if payload is not None:
+            np.copyto(arena.small_slot(parity, self.rank, payload.nbytes), payload)
+        words = self._words[parity]
+        ctrl[words[self.rank]] = word
+        ctrl[self._arrive[self.rank]] = k
+        for i in self._arrive:
+            if ctrl[i] < k:
+                t0 = time.perf_counter() if self.recorder is not None else 0.0
+                arena.wait(ARRIVE, k, "allreduce")
+                if self.recorder is not None:
+                    self.recorder.record("allreduce", "wait", -1, 0, t0, time.perf_counter())
+                break
+        return k, parity, [ctrl[i] for i in words]
 
     def done(self, k: int) -> None:
         """Say this rank finished reading round ``k``."""

@@ -97,6 +97,11 @@ class Arena:
         """Publish a header word (F_HASH, F_FLAG, ...) of this rank for a round parity."""
         self.ctrl[self.rank * LINE_WORDS + _HEADER_BASE + parity * _HEADER_WORDS + word] = value
 
+    @staticmethod
+    def header_index(rank: int, parity: int, word: int) -> int:
+        """Index of a header word in :attr:`ctrl` (for precomputed hot paths)."""
+        return rank * LINE_WORDS + _HEADER_BASE + parity * _HEADER_WORDS + word
+
     def get_header(self, rank: int, parity: int, word: int) -> int:
         """Read a header word of a local rank for a round parity."""
         return int(self.ctrl[rank * LINE_WORDS + _HEADER_BASE + parity * _HEADER_WORDS + word])

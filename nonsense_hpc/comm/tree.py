@@ -29,14 +29,21 @@ from nonsense_hpc.comm.buffers import (
     build_zeros,
     flatten,
     fuse,
-    spec_hash,
     spec_of,
     spec_text,
 )
 from nonsense_hpc.comm.collectives import allgather_obj, bcast_obj, describe_disagreement
 from nonsense_hpc.comm.internode import leaders_allreduce, wait_requests
 from nonsense_hpc.comm.intranode import NodeExchange
-from nonsense_hpc.comm.ops import ReduceOp, resolve_op
+from nonsense_hpc.comm.ops import BUILTIN_OPS, ReduceOp, resolve_op
+from nonsense_hpc.comm.plan import (
+    FLAG_DATA,
+    FLAG_ERROR,
+    FLAG_NONE,
+    Plan,
+    PlanCache,
+    make_plan,
+)
 from nonsense_hpc.comm.recorder import Recorder
 from nonsense_hpc.comm.shm import Arena, PeerReader
 from nonsense_hpc.comm.topology import Topology
@@ -47,8 +54,11 @@ __all__ = ["AllreduceResult", "Tree"]
 
 Array = npt.NDArray[Any]
 Op = str | Callable[[Any, Any], Any]
-_NO_HASH = -1
 _MAX_HASH = 1 << 62
+_BUILTIN = {name: ReduceOp(name) for name in BUILTIN_OPS}
+_BUILTIN["mean"] = _BUILTIN["avg"]
+_UFUNC = {"sum": np.add, "avg": np.add, "max": np.maximum, "min": np.minimum,
+          "prod": np.multiply}
 
 
 class AllreduceResult(int):
@@ -125,6 +135,7 @@ class Tree:
         widest = max(len(r) for r in topo.node_ranks)
         piece = max(4096, self.settings.shm_bytes // widest // 4096 * 4096)
         self._node = NodeExchange(arena, self.transport, self.recorder, node_world, piece)
+        self._plans = PlanCache()
         self._closed = False
 
     # -- housekeeping ----------------------------------------------------------------
@@ -181,31 +192,51 @@ class Tree:
             hi, neg_lo, n_data, n_err = self._node.share_from_leader(words, what)
         return n_data, n_err, n_data == 0 or hi == -neg_lo
 
-    def _raise_disagreement(self, what: str, mine: tuple[int, str]) -> None:
-        items = allgather_obj(self.comm, mine, self.timeout, what)
-        errors = [(r, t) for r, (f, t) in enumerate(items) if f < 0]
+    def _raise_disagreement(self, what: str, plan: Plan) -> None:
+        items = allgather_obj(self.comm, (plan.flag, plan.describe()), self.timeout, what)
+        errors = [(r, t) for r, (f, t) in enumerate(items) if f == FLAG_ERROR]
         if errors:
             text = "; ".join(f"rank {r}: {t}" for r, t in errors)
             raise TypeError(f"{what}: invalid value passed ({text})")
-        described = [(r, t) for r, (f, t) in enumerate(items) if f == 1]
+        described = [(r, t) for r, (f, t) in enumerate(items) if f == FLAG_DATA]
         raise CollectiveMismatchError(describe_disagreement(what, described))
 
-    def _prepare(self, value: Any, op: ReduceOp, what: str) -> tuple[Any, int, int]:
-        """Validate locally, agree globally; returns (spec or None, n_data, flag)."""
-        flag, spec, text = 1, None, ""
-        if value is None:
-            flag = 0
-        else:
-            try:
-                spec = spec_of(value)
-                text = f"{spec_text(spec)} op={op.name}"
-            except TypeError as exc:
-                flag, text = -1, str(exc)
-        h = spec_hash((spec, op.name)) if flag == 1 else _NO_HASH
-        n_data, n_err, uniform = self._control(h, flag, what)
-        if n_err or not uniform:
-            self._raise_disagreement(what, (flag, text))
-        return spec, n_data, flag
+    def _agree_one_node(self, plan: Plan) -> tuple[int, int, bool, bool]:
+        """One round on a single node: one header word each, plus the data when small.
+
+        Every rank reads the same words, so every rank takes the same branch. When all
+        ranks agree and the value is one small buffer, it is folded here from the slots,
+        in rank order.
+
+        Returns:
+            (ranks with data, ranks with errors, whether data ranks agree, folded).
+        """
+        node = self._node
+        k, par, words = node.agree_round(plan.word, plan.raw)
+        mine = plan.word
+        if mine >= 0 and plan.raw is not None and all(w == mine for w in words):
+            bucket = plan.buckets[0]
+            views = plan.views.get(par)
+            if views is None:
+                views = [node.arena.small_slot(par, q, plan.raw.nbytes).view(
+                    bucket.flat.dtype) for q in range(node.size)]
+                plan.views[par] = views
+            flat, tdt = bucket.flat, bucket.torch_dtype
+            ufunc = _UFUNC.get(plan.op.name) if tdt is None else None
+            if ufunc is not None:
+                ufunc(views[0], views[1], out=flat)
+                for q in range(2, node.size):
+                    ufunc(flat, views[q], out=flat)
+            else:
+                np.copyto(flat, views[0])
+                for q in range(1, node.size):
+                    plan.op.combine(flat, views[q], tdt)
+            node.done(k)
+            return node.size, 0, True, True
+        node.done(k)
+        data = [w for w in words if w >= 0]
+        n_err = sum(1 for w in words if w == -2)
+        return len(data), n_err, len(set(data)) <= 1, False
 
     # -- allreduce ---------------------------------------------------------------------
     def allreduce(self, value: Any = None, op: Op = "sum", *, out: Any = None,
@@ -237,17 +268,50 @@ class Tree:
             CollectiveTimeoutError: a peer did not take part within the timeout.
         """
         self._check_open()
-        rop = resolve_op(op)
-        spec, n_data, flag = self._prepare(value, rop, "allreduce")
+        rop = _BUILTIN.get(op) if isinstance(op, str) else None
+        if rop is None:
+            rop = resolve_op(op)
+        plan = None
+        if out is None and value is not None:
+            plan = self._plans.get(value, rop)
+        if plan is None:
+            # The data rides with the agreement round only for an in-place builtin op.
+            small = min(self.settings.small_bytes, self._node.arena.small_bytes) \
+                if out is None and rop.builtin else 0
+            plan = make_plan(value, rop, self.settings.bucket_bytes, small)
+            if out is None and rop.builtin:
+                self._plans.put(plan)
+        if self.topology.nodes == 1 and self.size > 1:
+            n_data, n_err, uniform, folded = self._agree_one_node(plan)
+            if folded:
+                bucket = plan.buckets[0]
+                if rop.name == "avg":
+                    _divide(bucket.flat, n_data, bucket.torch_dtype)
+                if bucket.fused or plan.leaves[0].staged:
+                    bucket.unpack()
+                    for leaf in plan.leaves:
+                        leaf.write_back()
+                if plan.result is None:
+                    plan.result = AllreduceResult(n_data, value)
+                return plan.result  # type: ignore[no-any-return]
+        elif self.size == 1:
+            n_data = int(plan.flag == FLAG_DATA)
+            n_err, uniform = int(plan.flag == FLAG_ERROR), True
+        else:
+            n_data, n_err, uniform = self._control(plan.hash, plan.flag, "allreduce")
+        if n_err or not uniform:
+            self._raise_disagreement("allreduce", plan)
         if n_data == 0:
             return AllreduceResult(0, None)
-        if flag == 0:
+        spec = plan.spec
+        if plan.flag == FLAG_NONE:
             spec = next(s for s in allgather_obj(self.comm, spec, self.timeout, "allreduce")
                         if s is not None)
             value = self._zero_value(spec, rop, zero)
+            plan = make_plan(value, rop, self.settings.bucket_bytes, 0)
         elif n_data < self.size:
             allgather_obj(self.comm, spec, self.timeout, "allreduce")
-        target = value
+        target, leaves, buckets = value, plan.leaves, plan.buckets
         if out is not None:
             if spec_of(out) != spec:
                 raise CollectiveMismatchError(
@@ -255,15 +319,18 @@ class Tree:
                     f"{spec_text(spec)}")
             _copy_into(out, value)
             target = out
-        leaves = flatten(target)
-        if rop.builtin:
-            for bucket in fuse(leaves, self.settings.bucket_bytes):
-                self._allreduce_flat(bucket.flat, rop, bucket.torch_dtype)
-                if rop.name == "avg":
-                    _divide(bucket.flat, n_data, bucket.torch_dtype)
-                bucket.unpack()
-        else:
-            self._callable_allreduce(leaves, rop)
+            leaves = flatten(out)
+            buckets = fuse(leaves, self.settings.bucket_bytes)
+        if self.size > 1:
+            if rop.builtin:
+                for bucket in buckets:
+                    self._allreduce_flat(bucket.flat, rop, bucket.torch_dtype)
+            else:
+                self._callable_allreduce(leaves, rop)
+        for bucket in buckets:
+            if rop.name == "avg":
+                _divide(bucket.flat, n_data, bucket.torch_dtype)
+            bucket.unpack()
         for leaf in leaves:
             leaf.write_back()
         return AllreduceResult(n_data, target)

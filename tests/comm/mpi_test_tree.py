@@ -245,8 +245,9 @@ def test_trace_recorder_off_by_default_and_on_request(comm):
     tree = Tree(comm, trace=True)
     tree.allreduce(torch.ones(300_000))
     events = tree.recorder.events
-    assert events and all(e.rank == tree.rank and e.end >= e.start for e in events)
+    assert all(e.rank == tree.rank and e.end >= e.start for e in events)
     if tree.size > 1:
+        assert events
         assert {"reduce"} <= {e.phase for e in events}
         assert any(e.peer >= 0 and e.nbytes > 0 for e in events)
     tree.close()

@@ -1,0 +1,2 @@
+"""Benchmarks behind ``nonsense-hpc bench ...``: each compares against named peers in one
+run, prints ratios, and writes JSON (and a PNG plot where useful) to benchmarks/results/."""
