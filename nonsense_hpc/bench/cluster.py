@@ -11,7 +11,8 @@ timestamp as their first act:
   profile in ``slurm/``, from the ``snakemake`` start.
 
 The number is ``first rank timestamp - time just before the submitting command``;
-median over ``--repeats``. Ratios are against the bare ``sbatch``.
+median over ``--repeats``, each submission made with the cluster idle (no job queued,
+running or completing). Ratios are against the bare ``sbatch``.
 """
 
 from __future__ import annotations
@@ -77,6 +78,21 @@ def first_rank_time(prefix: str, ntasks: int, timeout: float = 120.0,
         if time.monotonic() > deadline:
             raise TimeoutError(f"ranks of {prefix} did not start within {timeout} s")
         time.sleep(0.01)
+
+
+def _wait_idle(timeout: float = 120.0) -> None:
+    """Wait until no job is queued, running or completing (each peer starts alike)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        jobs = subprocess.run(["squeue", "-h", "-t", "PD,R,CG,CF", "-o", "%i"],
+                              capture_output=True, text=True, timeout=30).stdout.split()
+        nodes = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True,
+                               timeout=30).stdout.split()
+        if not jobs and all(n.startswith("idle") for n in nodes):
+            return
+        if time.monotonic() > deadline:
+            raise click.ClickException(f"Slurm not idle after {timeout} s (jobs {jobs})")
+        time.sleep(0.05)
 
 
 def _rank_cmd(python: str, prefix: str) -> list[str]:
@@ -199,6 +215,7 @@ def submit_overhead(repeats: int, ntasks: int, with_snakemake: bool, out: str) -
         work = Path(tmp)
         for i in range(repeats):  # interleave the peers so drift hits them alike
             for name, run in peers.items():
+                _wait_idle()
                 samples[name].append(run(work, i, ntasks, mpirun, env))
     base = statistics.median(samples["sbatch"])
     rows = []

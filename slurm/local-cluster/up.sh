@@ -48,11 +48,6 @@ if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null \
         slurm-wlm munge >/dev/null
 fi
 
-if [ -f "$CONF" ] && usable; then
-    say "already up: $(sinfo -h -o '%P %D %c cpus %m MB %T' | head -n1)"
-    exit 0
-fi
-
 # 2. Configuration, sized from this machine.
 cpus=$(nproc)
 avail_kb=$(awk '/^MemAvailable:/ {print $2}' /proc/meminfo)
@@ -78,6 +73,8 @@ ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 ReturnToService=2
 SchedulerType=sched/backfill
+# Start batch jobs at once (the default lets Slurm delay them up to 3 s).
+SchedulerParameters=batch_sched_delay=0
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 MpiDefault=none
@@ -94,7 +91,8 @@ KillWait=5
 InactiveLimit=0
 SlurmctldTimeout=30
 SlurmdTimeout=60
-DefMemPerCPU=$(( mem_mb / cpus ))
+# Room for the 4 jobs per core that OverSubscribe=FORCE:4 allows.
+DefMemPerCPU=$(( mem_mb / (cpus * 4) ))
 NodeName=localhost NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
 CONF
@@ -105,6 +103,11 @@ if [ "$changed" = 1 ] && [ -f "$CONF" ] \
         && diff <(grep -vE 'RealMemory|DefMemPerCPU|^# One node' "$new_conf") \
                 <(grep -vE 'RealMemory|DefMemPerCPU|^# One node' "$CONF") >/dev/null; then
     changed=0
+fi
+if [ "$changed" = 0 ] && usable; then
+    rm -f "$new_conf"
+    say "already up: $(sinfo -h -o '%P %D %c cpus %m MB %T' | head -n1)"
+    exit 0
 fi
 if [ "$changed" = 1 ]; then
     install -m 0644 "$new_conf" "$CONF"
