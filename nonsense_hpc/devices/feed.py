@@ -80,6 +80,7 @@ def feed(tasks: list[tuple[str, Any]], to: str, *, topic: str = "tasks",
     push = ctx.socket(zmq.PUSH)
     push.setsockopt(zmq.SNDTIMEO, int(timeout * 1000))
     push.setsockopt(zmq.LINGER, int(timeout * 1000))
+    push.setsockopt(zmq.IMMEDIATE, 1)  # queue only on live connections: no silent loss
     if curve_dir:
         security.configure_client(push, curve_dir)
     push.connect(security.normalize_address(to))
