@@ -40,8 +40,10 @@ __all__ = [
     "ConfigError",
     "ContainerError",
     "DeviceError",
+    "ChildSpec",
     "NonsenseError",
     "RemoteError",
+    "Supervisor",
     "SupervisorError",
     "Topology",
     "Tree",
@@ -52,6 +54,8 @@ __all__ = [
 _LAZY = {
     "Tree": "nonsense_hpc.comm.tree",
     "Topology": "nonsense_hpc.comm.topology",
+    "Supervisor": "nonsense_hpc.supervise.supervisor",
+    "ChildSpec": "nonsense_hpc.supervise.spec",
 }
 
 

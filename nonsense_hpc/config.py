@@ -188,6 +188,10 @@ _OTHER_VARIABLES = frozenset(
         "NONSENSE_SANDBOX_DIR",
         "NONSENSE_MPIRUN",
         "NONSENSE_PS",
+        "NONSENSE_HEARTBEAT_ID",
+        "NONSENSE_SUPERVISOR",
+        "NONSENSE_CHILD_ID",
+        "NONSENSE_IPC_SCOPE",
     }
 )
 
