@@ -13,7 +13,7 @@ from nonsense_hpc import wire
 from nonsense_hpc.devices import Broker, Forwarder, Publisher, Result, Sink, Streamer, TaskFarm
 
 NP = (1, 2, 3)
-TIMEOUT = 90
+TIMEOUT = 150
 ANY = "tcp://127.0.0.1:*"
 
 
@@ -124,7 +124,7 @@ def test_taskfarm_streamer_from_environment(comm):
         for i in range(n):
             wire.send(push, "tasks.sq", {"x": i}, kind="task", task_id=str(i))
         push.close(linger=5000)
-    done = farm.run(lambda task: {"y": task.data["x"] ** 2, "rank": rank}, idle_timeout=1.0)
+    done = farm.run(lambda task: {"y": task.data["x"] ** 2, "rank": rank}, idle_timeout=3.0)
     total = comm.allreduce(done)
     if rank == 0:
         collector.join(60)
