@@ -60,10 +60,10 @@ def test_forwarder_cli_runs_and_stops_on_sigterm(tmp_path):
 
 
 def test_forwarder_cli_refuses_public_bind_and_bad_address():
-    out = subprocess.run(CLI + ["forwarder", "--in", "tcp://*:5559"], capture_output=True,
+    out = subprocess.run([*CLI, "forwarder", "--in", "tcp://*:5559"], capture_output=True,
                          text=True, timeout=30)
     assert out.returncode == 2 and "127.0.0.1" in out.stderr
-    out = subprocess.run(CLI + ["streamer", "--out", "udp://x"], capture_output=True,
+    out = subprocess.run([*CLI, "streamer", "--out", "udp://x"], capture_output=True,
                          text=True, timeout=30)
     assert out.returncode == 2 and "must start with" in out.stderr
 
@@ -97,8 +97,8 @@ def test_feed_through_broker_cli_reports_results(tmp_path):
     thread = threading.Thread(target=_serve_squares, args=(worker, stop))
     thread.start()
     try:
-        out = subprocess.run(CLI + ["feed", str(tasks), "--to", ready["in"], "--results",
-                                    str(port), "--timeout", "60"],
+        out = subprocess.run([*CLI, "feed", str(tasks), "--to", ready["in"], "--results",
+                              str(port), "--timeout", "60"],
                              capture_output=True, text=True, timeout=90)
         assert out.returncode == 0, out.stderr
         results = [json.loads(line) for line in out.stdout.splitlines()]
@@ -119,13 +119,13 @@ def test_feed_rejects_bad_file_before_sending(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"x": 1}\n{oops\n')
     with Streamer("tcp://127.0.0.1:*", "tcp://127.0.0.1:*").start() as st:
-        out = subprocess.run(CLI + ["feed", str(bad), "--to", st.endpoints["in"]],
+        out = subprocess.run([*CLI, "feed", str(bad), "--to", st.endpoints["in"]],
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 2 and "bad.jsonl:2" in out.stderr
         assert st.stats()["frames"] == 0
     dup = tmp_path / "dup.jsonl"
     dup.write_text('{"id": 1}\n{"id": 1}\n')
-    out = subprocess.run(CLI + ["feed", str(dup), "--to", "tcp://127.0.0.1:9"],
+    out = subprocess.run([*CLI, "feed", str(dup), "--to", "tcp://127.0.0.1:9"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "already used on line 1" in out.stderr
 
@@ -133,15 +133,15 @@ def test_feed_rejects_bad_file_before_sending(tmp_path):
 def test_feed_with_no_device_times_out(tmp_path):
     one = tmp_path / "one.jsonl"
     one.write_text('{"x": 1}\n')
-    out = subprocess.run(CLI + ["feed", str(one), "--to", "tcp://127.0.0.1:9",
-                                "--timeout", "1"], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([*CLI, "feed", str(one), "--to", "tcp://127.0.0.1:9", "--timeout", "1"],
+                         capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "no device at tcp://127.0.0.1:9" in out.stderr
 
 
 def test_watch_renders_metrics_and_events(tmp_path):
     with Forwarder("tcp://127.0.0.1:*", "tcp://127.0.0.1:*").start() as fwd:
-        proc = subprocess.Popen(CLI + ["watch", fwd.endpoints["out"], "--count", "30",
-                                       "--refresh", "0.2", "--duration", "60"],
+        proc = subprocess.Popen([*CLI, "watch", fwd.endpoints["out"], "--count", "30",
+                                 "--refresh", "0.2", "--duration", "60"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env={**os.environ, "COLUMNS": "160"})
         pub = socket(zmq.PUB, connect=fwd.endpoints["in"])
