@@ -67,7 +67,7 @@ def train(data_dir: str, out_dir: str, steps: int, batch_size: int, lr: float,
     Example:
       nonsense-hpc workflow prepare --out data --shards 2
       mpirun -n 2 nonsense-hpc train --data data --out train --steps 200
-    """  # noqa: D301 - click's \b marker
+    """
     from nonsense_hpc.errors import NonsenseError
     from nonsense_hpc.train import TrainConfig
     from nonsense_hpc.train import train as run_training
@@ -166,7 +166,7 @@ def run(np_: int, steps: int, out: str, profile: str, image: str, allreduce: str
       nonsense-hpc run
       nonsense-hpc run --np 4 --steps 500 --out runs/np4
       nonsense-hpc run --profile slurm        # through the local or a real Slurm
-    """  # noqa: D301 - click's \b marker
+    """
     from nonsense_hpc.errors import ConfigError
     from nonsense_hpc.train.mainjob import run_workflow, snakemake_command
 
@@ -212,7 +212,7 @@ def prepare(out: str, shards: int, test_fraction: float, seed: int) -> None:
     \b
     Example:
       nonsense-hpc workflow prepare --out data --shards 2
-    """  # noqa: D301 - click's \b marker
+    """
     from nonsense_hpc.errors import ConfigError
     from nonsense_hpc.train import prepare_shards
 
@@ -238,7 +238,7 @@ def image(out: str, mode: str, image_name: str) -> None:
     \b
     Example:
       nonsense-hpc workflow image --out image/image.json
-    """  # noqa: D301 - click's \b marker
+    """
     from nonsense_hpc.errors import NonsenseError
     from nonsense_hpc.train.image import prepare_image
 
@@ -257,7 +257,7 @@ def image_prefix(info: str) -> None:
     \b
     Example:
       mpirun -n 2 $(nonsense-hpc workflow image-prefix image/image.json) nonsense-hpc train ...
-    """  # noqa: D301 - click's \b marker
+    """
     import shlex
 
     from nonsense_hpc.errors import ConfigError
@@ -287,8 +287,8 @@ def forwarder_start(directory: str, host: str, max_lifetime: float) -> None:
     \b
     Example:
       nonsense-hpc workflow forwarder start --dir monitor
-      NONSENSE_PUBLISH=$(python -c "import json;print(json.load(open('monitor/forwarder.json'))['in'])")
-    """  # noqa: D301 - click's \b marker
+      nonsense-hpc ctl --control ipc://$PWD/monitor/control.sock status
+    """
     from nonsense_hpc.errors import DeviceError
     from nonsense_hpc.train.monitor import start_monitor
 
@@ -309,7 +309,7 @@ def forwarder_stop(directory: str) -> None:
     \b
     Example:
       nonsense-hpc workflow forwarder stop --dir monitor
-    """  # noqa: D301 - click's \b marker
+    """
     from nonsense_hpc.errors import DeviceError
     from nonsense_hpc.train.monitor import stop_monitor
 
@@ -333,7 +333,7 @@ def evaluate(model: str, data_dir: str, out: str) -> None:
     \b
     Example:
       nonsense-hpc workflow evaluate --model train/model.pt --data data --out eval.json
-    """  # noqa: D301 - click's \b marker
+    """
     from nonsense_hpc.errors import ConfigError
     from nonsense_hpc.train import evaluate as run_evaluate
 
@@ -363,7 +363,7 @@ def report(train_dir: str, eval_json: str | None, messages: str | None,
     \b
     Example:
       nonsense-hpc workflow report --train train --eval eval.json --out report
-    """  # noqa: D301 - click's \b marker
+    """
     from nonsense_hpc.errors import ConfigError
     from nonsense_hpc.train.report import write_report
 
@@ -379,7 +379,9 @@ COMMANDS = [run, train, workflow]
 
 
 def _bench_commands() -> list[click.Command]:
-    return []
+    from nonsense_hpc.bench.train import train_bench, workflow_overhead
+
+    return [train_bench, workflow_overhead]
 
 
 BENCH_COMMANDS: list[click.Command] = _bench_commands()

@@ -54,8 +54,8 @@ def prepare_image(out: str | os.PathLike[str], mode: str = "auto",
         ContainerError: ``mode="build"`` with no runtime, or a failed build.
     """
     from nonsense_hpc.containers import get_runtime, resolve_sandbox
-    from nonsense_hpc.containers.sandbox import read_stamp
     from nonsense_hpc.containers.detect import detect_runtime
+    from nonsense_hpc.containers.sandbox import read_stamp
 
     if mode not in MODES:
         raise ConfigError(f"image mode must be one of {', '.join(MODES)}, got {mode!r}")

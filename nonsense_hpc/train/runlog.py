@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-__all__ = ["RankLog", "read_rank_logs", "rank_log_path"]
+__all__ = ["RankLog", "rank_log_path", "read_rank_logs"]
 
 
 def rank_log_path(out_dir: str | os.PathLike[str], rank: int) -> Path:

@@ -273,7 +273,7 @@ def train(cfg: TrainConfig, comm: Any = None) -> TrainResult:
             opt.zero_grad(set_to_none=False)
             logits = net(xb)
             loss = F.cross_entropy(logits, yb)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             ar_time, stop = reducer.allreduce(handler.requested)
             opt.step()
             dt = time.perf_counter() - t0

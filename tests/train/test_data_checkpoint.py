@@ -25,7 +25,7 @@ def test_shards_cover_the_training_set_once(tmp_path):
     assert sum(len(x) for x, _ in parts) == m["train_samples"]
     assert max(len(x) for x, _ in parts) - min(len(x) for x, _ in parts) <= 1
     x, y = load_test_data(tmp_path)
-    assert x.dtype == np.float32 and 0.0 <= x.min() and x.max() <= 1.0
+    assert x.dtype == np.float32 and x.min() >= 0.0 and x.max() <= 1.0
     assert set(y.tolist()) == set(range(10))  # stratified: every class is tested
     # Two ranks over three shards: rank 0 owns shards 0 and 2.
     x0, _ = load_rank_data(tmp_path, 0, 2)
@@ -45,10 +45,10 @@ def test_bad_shard_count(tmp_path, shards):
 
 
 def test_missing_and_corrupt_data_are_named(tmp_path):
-    with pytest.raises(ConfigError, match="manifest.json is missing"):
+    with pytest.raises(ConfigError, match=r"manifest\.json is missing"):
         load_rank_data(tmp_path / "nothing", 0, 1)
     prepare_shards(tmp_path, 2)
-    with pytest.raises(ConfigError, match="2 shard.*for 3 ranks"):
+    with pytest.raises(ConfigError, match=r"2 shard.*for 3 ranks"):
         load_rank_data(tmp_path, 0, 3)
     (tmp_path / "shard-001.npz").write_bytes(b"not a shard")
     with pytest.raises(ConfigError, match="checksum"):
