@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -227,7 +228,7 @@ def workflow_overhead(repeats: int, use_slurm: bool | None, partition: str | Non
                 continue
             part = [f"--partition={partition}"] if partition else []
             out = work / f"sbatch-{i}"
-            wrap = " ".join([cli, "mpirun", "-n", "2", *train_argv(out)])
+            wrap = shlex.join([cli, "mpirun", "-n", "2", *train_argv(out)])
             record("sbatch", _run_peer("sbatch", [
                 "sbatch", "--parsable", "--ntasks=2", "--time=10", *part,
                 f"--output={work}/sbatch-%j.out", f"--wrap={wrap}"], out, env, root, 600))
