@@ -193,7 +193,7 @@ def _run_snakemake(work: Path, i: int, ntasks: int, mpirun: str, env: dict[str, 
               help="JSON result file.")
 def submit_overhead(repeats: int, ntasks: int, with_snakemake: bool, seed: int,
                     out: str) -> None:
-    r"""Time from submission to the first rank running: ours against a bare sbatch.
+    """Time from submission to the first rank running: ours against a bare sbatch.
 
     Needs a Slurm (the local one: sudo bash slurm/local-cluster/up.sh). Every peer
     starts the same mpirun command; each rank writes its start time first thing.

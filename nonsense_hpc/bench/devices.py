@@ -327,7 +327,7 @@ def run_benchmarks(quick: bool = False, out_dir: Path = Path("benchmarks/results
               default=Path("benchmarks/results"), show_default=True,
               help="Where devices.json goes.")
 def bench_devices(quick: bool, out_dir: Path) -> None:
-    r"""Forwarder vs bare zmq.proxy, 16 MiB tensors vs memcpy, Broker vs Streamer.
+    """Forwarder vs bare zmq.proxy, 16 MiB tensors vs memcpy, Broker vs Streamer.
 
     \b
     Example:

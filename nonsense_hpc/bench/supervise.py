@@ -154,7 +154,7 @@ def measure_plain_start(rounds: int) -> dict[str, Any]:
 @click.option("--out", type=click.Path(), default=str(RESULTS / "supervise_restart.json"),
               show_default=True, help="JSON result file (a PNG is written next to it).")
 def supervisor_bench(rounds: int, peer_rounds: int, peers: str, out: str) -> None:
-    r"""Restart latency (child SIGKILLed -> replacement's first output) vs supervisord, circus.
+    """Restart latency (child SIGKILLed -> replacement's first output) vs supervisord, circus.
 
     All supervisors run the same Python child from their own config, as daemons, in
     this one run; the ratios printed are peer median / nonsense_hpc median.
@@ -212,7 +212,7 @@ def _plot(results: list[dict[str, Any]], png: Path) -> None:
 @click.option("--out", type=click.Path(), default=str(RESULTS / "supervise_chaos.json"),
               show_default=True, help="JSON result file.")
 def chaos_bench(kills: int, children: int, seed: int, out: str) -> None:
-    r"""Long chaos run: SIGKILL random children, check every restart set and leftovers.
+    """Long chaos run: SIGKILL random children, check every restart set and leftovers.
 
     For each strategy: KILLS random SIGKILLs, each checked for the exact set of
     restarted children; then zombies and orphans are counted, and escalation is checked

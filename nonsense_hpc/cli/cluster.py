@@ -98,7 +98,7 @@ def submit(nodes: str | None, ntasks: int | None, time_limit: str | None,
            setup: tuple[str, ...], log_dir: str,
            max_requeues: int, warning_seconds: int, wait_: bool, timeout: float | None,
            dry_run: bool, command: tuple[str, ...]) -> None:
-    r"""Submit COMMAND as a Slurm batch job, one process per task (sbatch --parsable).
+    """Submit COMMAND as a Slurm batch job, one process per task (sbatch --parsable).
 
     Prints the job id. Each task runs COMMAND under the host launcher (mpirun from this
     environment by default); with --container IMAGE each rank runs inside the image.
@@ -163,7 +163,7 @@ def submit(nodes: str | None, ntasks: int | None, time_limit: str | None,
 @click.option("--log-dir", default="slurm-logs", show_default=True,
               help="Where to find status files of jobs Slurm has forgotten.")
 def status(job_ids: tuple[str, ...], as_json: bool, log_dir: str) -> None:
-    r"""Show the state of JOB_IDS (default: every job Slurm still knows).
+    """Show the state of JOB_IDS (default: every job Slurm still knows).
 
     Uses scontrol and squeue (no accounting database needed); a job Slurm has forgotten
     is read from the status file next to its logs.
@@ -200,7 +200,7 @@ def status(job_ids: tuple[str, ...], as_json: bool, log_dir: str) -> None:
               help="With --signal: deliver to the batch shell only (as the time-limit "
                    "warning is; it forwards to the ranks).")
 def cancel(job_ids: tuple[str, ...], signal_name: str | None, batch: bool) -> None:
-    r"""Cancel JOB_IDS (scancel), or send them a signal.
+    """Cancel JOB_IDS (scancel), or send them a signal.
 
     \b
     Examples:
@@ -225,7 +225,7 @@ def cancel(job_ids: tuple[str, ...], signal_name: str | None, batch: bool) -> No
 @click.option("--log-dir", default="slurm-logs", show_default=True,
               help="Where to find the logs of jobs Slurm has forgotten.")
 def logs(job_id: str, use_stderr: bool, follow: bool, log_dir: str) -> None:
-    r"""Print the output of JOB_ID (its .out file; --stderr for the .err file).
+    """Print the output of JOB_ID (its .out file; --stderr for the .err file).
 
     \b
     Examples:
@@ -258,7 +258,7 @@ def logs(job_id: str, use_stderr: bool, follow: bool, log_dir: str) -> None:
                                  "allow_interspersed_args": False})
 @click.argument("args", nargs=-1, required=True, type=click.UNPROCESSED)
 def mpirun(args: tuple[str, ...]) -> None:
-    r"""Run this environment's mpirun inside a Slurm job, allocation restored.
+    """Run this environment's mpirun inside a Slurm job, allocation restored.
 
     ARGS are passed to mpirun unchanged. Snakemake's Slurm executor hides the
     allocation (SLURM_NODELIST, SLURM_TASKS_PER_NODE, ...) from a rule's shell, and

@@ -140,7 +140,7 @@ streamer = _device_command("streamer")
 def broker(in_addr: str, workers: str, results: str, heartbeat: float, liveness: int,
            control: str | None, public: bool, max_message_size: str,
            curve_dir: str | None) -> None:
-    r"""Run a reliable task broker (acks, heartbeats, re-dispatch of lost tasks).
+    """Run a reliable task broker (acks, heartbeats, re-dispatch of lost tasks).
 
     Killing a worker mid-task loses nothing: its unacknowledged tasks go to another
     worker. Results go to the sink at --results, one per task id.
@@ -176,7 +176,7 @@ def broker(in_addr: str, workers: str, results: str, heartbeat: float, liveness:
 @click.option("--curve-dir", default=None, metavar="DIR", help="CURVE client keys.")
 def watch(address: str, topics: tuple[str, ...], count: int | None, duration: float | None,
           refresh: float, curve_dir: str | None) -> None:
-    r"""Show live metrics and events from ADDRESS (a Forwarder's output), in place.
+    """Show live metrics and events from ADDRESS (a Forwarder's output), in place.
 
     One row per topic and rank (last step, values, count, age), the latest events, and
     the messages lost (from sequence numbers) and malformed. Ctrl-C to quit.
@@ -207,7 +207,7 @@ def watch(address: str, topics: tuple[str, ...], count: int | None, duration: fl
 @click.option("--curve-dir", default=None, metavar="DIR", help="CURVE client keys.")
 def feed(file: str, to: str, topic: str, results: str | None, timeout: float,
          curve_dir: str | None) -> None:
-    r"""Feed the tasks in FILE (JSON lines) to a Streamer or Broker, with progress.
+    """Feed the tasks in FILE (JSON lines) to a Streamer or Broker, with progress.
 
     Each line becomes one task; its id is the line's "id" field or its line number.
     The whole file is checked before anything is sent. Progress goes to stderr; with
@@ -262,7 +262,7 @@ def keys() -> None:
               help="Client key pair to create and authorise (repeatable; default: client).")
 @click.option("--force", is_flag=True, help="Replace keys that already exist.")
 def keys_generate(directory: str, clients: tuple[str, ...], force: bool) -> None:
-    r"""Create a server key pair and client key pairs in DIRECTORY.
+    """Create a server key pair and client key pairs in DIRECTORY.
 
     Devices started with --curve-dir DIRECTORY accept only the clients whose public keys
     lie in DIRECTORY/authorized; clients use DIRECTORY/server.key and their own

@@ -30,7 +30,7 @@ def _print_event(event: Any) -> None:
 @click.option("-q", "--quiet", is_flag=True, help="Do not print events on stderr.")
 def supervise(file: str, events: str | None, control: str | None, check: bool,
               quiet: bool) -> None:
-    r"""Run the supervision tree described by FILE (TOML or YAML) until stopped.
+    """Run the supervision tree described by FILE (TOML or YAML) until stopped.
 
     Children start in order and stop in reverse order on SIGTERM or Ctrl-C. Exits 0
     after a clean stop and 1 when the restart intensity was exceeded (so a parent
@@ -92,7 +92,7 @@ def _print_tree(spec: Any, depth: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
 def ctl(command: str, name: str | None, control: str | None, timeout: float,
         as_json: bool) -> None:
-    r"""Control a running supervisor: status, restart NAME, stop NAME, start NAME, shutdown.
+    """Control a running supervisor: status, restart NAME, stop NAME, start NAME, shutdown.
 
     restart stops the child per its shutdown spec and starts it again; stop leaves it
     stopped (even a permanent one) until start; shutdown stops the whole supervisor.

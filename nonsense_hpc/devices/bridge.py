@@ -112,6 +112,8 @@ class Publisher:
                                     hmac_key=hmac_key, max_bytes=max_bytes)
         self._sock: Any = None
         self._ctx: Any = None
+        self._mon: Any = None
+        self._connected = False
         if self.active:
             import zmq
 
@@ -122,6 +124,9 @@ class Publisher:
             curve = curve_dir or _env("NONSENSE_CURVE_DIR")
             if curve:
                 security.configure_client(self._sock, curve)
+            # Watch before connecting: on loopback the handshake can finish before a
+            # monitor attached afterwards would see it.
+            self._mon = self._sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
             self._sock.connect(self.address)
 
     def wait_connected(self, timeout: float = 10.0) -> bool:
@@ -132,20 +137,25 @@ class Publisher:
         """
         if not self.active:
             return False
+        if self._connected:
+            return True
         import zmq
         from zmq.utils.monitor import recv_monitor_message
 
-        mon = self._sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
-        try:
-            deadline = time.monotonic() + timeout
-            while (left := deadline - time.monotonic()) > 0:
-                if mon.poll(int(left * 1000) + 1) and \
-                        recv_monitor_message(mon)["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                    return True
-            return False
-        finally:
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if self._mon.poll(int(left * 1000) + 1) and \
+                    recv_monitor_message(self._mon)["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._connected = True
+                self._stop_monitor()
+                return True
+        return False
+
+    def _stop_monitor(self) -> None:
+        if self._mon is not None:
             self._sock.disable_monitor()
-            mon.close(0)
+            self._mon.close(0)
+            self._mon = None
 
     def publish(self, topic: str, data: Any = None, *, kind: str = "metric",
                 step: int | None = None, arrays: Any = None, **kwargs: Any) -> bool:
@@ -181,6 +191,7 @@ class Publisher:
     def close(self) -> None:
         """Close the socket (queued messages get up to 1 s to leave)."""
         if self._sock is not None:
+            self._stop_monitor()
             self._sock.close()
             self._ctx.term()
             self._sock = None
