@@ -315,3 +315,17 @@ def render_sbatch(
         "",
     ]
     return "\n".join(lines)
+
+
+_THIN_LAYER = frozenset({"Job", "JobStatus", "cancel", "logs", "requeue", "status", "submit",
+                         "submit_script", "wait"})
+
+
+def __getattr__(name: str) -> object:
+    # The thin command layer lives in nonsense_hpc.cluster.jobs (it imports this module);
+    # nonsense_hpc.cluster.slurm.submit and friends reach it too.
+    if name in _THIN_LAYER:
+        from nonsense_hpc.cluster import jobs
+
+        return getattr(jobs, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
