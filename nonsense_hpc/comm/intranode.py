@@ -76,9 +76,9 @@ class NodeExchange:
         self.pids = [arena.get(q, F_PID) for q in range(self.size)]
         # Precomputed control-word indices for the one-round agreement (hot path).
         line = LINE_WORDS
-        self._arrive = [q * line + ARRIVE for q in range(self.size)]
-        self._done = [q * line + DONE for q in range(self.size)]
-        self._words = [[arena.header_index(q, par, F_HASH) for q in range(self.size)]
+        self.arrive_index = [q * line + ARRIVE for q in range(self.size)]
+        self.done_index = [q * line + DONE for q in range(self.size)]
+        self.word_index = [[arena.header_index(q, par, F_HASH) for q in range(self.size)]
                        for par in (0, 1)]
         self._tmp = np.empty(2 * CHUNK_BYTES, dtype=np.uint8)
 
@@ -126,16 +126,16 @@ class NodeExchange:
         k = self.seq
         parity = k & 1
         if k > 2:
-            for i in self._done:
+            for i in self.done_index:
                 if ctrl[i] < k - 2:
                     arena.wait(DONE, k - 2, "allreduce")
                     break
         if payload is not None:
             np.copyto(arena.small_slot(parity, self.rank, payload.nbytes), payload)
-        words = self._words[parity]
+        words = self.word_index[parity]
         ctrl[words[self.rank]] = word
-        ctrl[self._arrive[self.rank]] = k
-        for i in self._arrive:
+        ctrl[self.arrive_index[self.rank]] = k
+        for i in self.arrive_index:
             if ctrl[i] < k:
                 t0 = time.perf_counter() if self.recorder is not None else 0.0
                 arena.wait(ARRIVE, k, "allreduce")

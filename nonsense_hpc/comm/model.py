@@ -87,12 +87,14 @@ class CostModel:
         return nbytes / t / 1e9 * (2 * (ranks - 1) / ranks) if t > 0 else float("inf")
 
     @classmethod
-    def calibrate(cls, rows: list[dict[str, Any]], **network: float) -> CostModel:
+    def calibrate(cls, rows: list[dict[str, Any]], alpha_net: float = 2.0e-6,
+                  beta_net: float = 1.0 / 12.5e9) -> CostModel:
         """Fit the node terms from one benchmark run at 2 ranks on one node.
 
         Args:
             rows: ``rows`` of a ``nonsense-hpc bench allreduce`` JSON file.
-            **network: ``alpha_net`` / ``beta_net`` to use instead of the defaults.
+            alpha_net: inter-node latency per message (seconds).
+            beta_net: inter-node seconds per byte.
 
         Raises:
             ValueError: the rows lack the Tree or memcpy measurements needed.
@@ -109,7 +111,8 @@ class CostModel:
         # large, p = 2: t = 3 alpha + n beta_mem + n/2 gamma
         gammas = [max(0.0, (t - 3 * alpha_sync - n * beta_mem) * 2 / n) for n, t in big]
         gamma = sum(gammas) / len(gammas)
-        return cls(alpha_sync=alpha_sync, beta_mem=beta_mem, gamma=gamma, **network)
+        return cls(alpha_sync=alpha_sync, beta_mem=beta_mem, gamma=gamma, alpha_net=alpha_net,
+                   beta_net=beta_net)
 
     def to_dict(self) -> dict[str, float]:
         """The parameters, for JSON."""

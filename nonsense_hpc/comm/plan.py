@@ -44,6 +44,8 @@ class Plan:
         ptr: data pointer of a single tensor (to validate a cached plan).
         views: per round parity, typed views of every rank's small slot.
         result: the return value, kept for repeated calls (set by the Tree).
+        fast: per parity, (own slot, every slot's typed view, ufunc) for the Tree's
+            repeated-call path, once the plan has been folded successfully.
     """
 
     obj: Any
@@ -58,6 +60,7 @@ class Plan:
     ptr: int = 0
     views: dict[int, list[Array]] = field(default_factory=dict)
     result: Any = None
+    fast: Any = None
 
     @property
     def word(self) -> int:

@@ -45,7 +45,7 @@ from nonsense_hpc.comm.plan import (
     make_plan,
 )
 from nonsense_hpc.comm.recorder import Recorder
-from nonsense_hpc.comm.shm import Arena, PeerReader
+from nonsense_hpc.comm.shm import ARRIVE, DONE, Arena, PeerReader
 from nonsense_hpc.comm.topology import Topology
 from nonsense_hpc.config import Settings, get_settings
 from nonsense_hpc.errors import CollectiveError, CollectiveMismatchError, ConfigError
@@ -201,6 +201,63 @@ class Tree:
         described = [(r, t) for r, (f, t) in enumerate(items) if f == FLAG_DATA]
         raise CollectiveMismatchError(describe_disagreement(what, described))
 
+    def _fast_allreduce(self, plan: Plan) -> AllreduceResult | None:
+        """A repeated small in-place allreduce on one node: one round, nothing else.
+
+        Returns None, without taking part in any round, when this call is not eligible;
+        the ranks then all run the general path. Eligibility depends only on this rank's
+        cached plan and on settings every rank shares, except for the plan itself: a rank
+        without a cached plan runs :meth:`_agree_one_node`, which publishes the same words
+        in the same round, so both paths interoperate.
+        """
+        node = self._node
+        if self.recorder is not None or self.topology.nodes != 1 or node.size < 2:
+            return None
+        assert plan.fast is not None and plan.raw is not None
+        ctrl = node.arena.ctrl
+        node.seq += 1
+        k = node.seq
+        par = k & 1
+        if k > 2:
+            for i in node.done_index:
+                if ctrl[i] < k - 2:
+                    node.arena.wait(DONE, k - 2, "allreduce")
+                    break
+        mine, views, ufunc = plan.fast[par]
+        np.copyto(mine, plan.raw)
+        words = node.word_index[par]
+        word = plan.hash
+        ctrl[words[node.rank]] = word
+        ctrl[node.arrive_index[node.rank]] = k
+        for i in node.arrive_index:
+            if ctrl[i] < k:
+                node.arena.wait(ARRIVE, k, "allreduce")
+                break
+        got = [ctrl[i] for i in words]
+        if got.count(word) != len(got):
+            # Somebody passed something else: finish the round, then report it to all.
+            node.done(k)
+            data = [w for w in got if w >= 0]
+            n_err = sum(1 for w in got if w == -2)
+            return self._finish(plan, plan.obj, plan.op, None, None, len(data), n_err,
+                                len(set(data)) <= 1)
+        flat = plan.buckets[0].flat
+        ufunc(views[0], views[1], out=flat)
+        for q in range(2, len(views)):
+            ufunc(flat, views[q], out=flat)
+        ctrl[node.done_index[node.rank]] = k
+        if plan.op.name == "avg":
+            _divide(flat, len(views), None)
+        return plan.result  # type: ignore[no-any-return]
+
+    def _fast_slots(self, plan: Plan, parity: int, ufunc: Any) -> tuple[Array, list[Array], Any]:
+        """This rank's slot, every rank's typed slot view, and the ufunc, for a parity."""
+        arena, dtype = self._node.arena, plan.buckets[0].flat.dtype
+        assert plan.raw is not None
+        n = plan.raw.nbytes
+        views = [arena.small_slot(parity, q, n).view(dtype) for q in range(arena.size)]
+        return arena.small_slot(parity, arena.rank, n), views, ufunc
+
     def _agree_one_node(self, plan: Plan) -> tuple[int, int, bool, bool]:
         """One round on a single node: one header word each, plus the data when small.
 
@@ -223,6 +280,9 @@ class Tree:
                 plan.views[par] = views
             flat, tdt = bucket.flat, bucket.torch_dtype
             ufunc = _UFUNC.get(plan.op.name) if tdt is None else None
+            if ufunc is not None and plan.fast is None and not bucket.fused \
+                    and not plan.leaves[0].staged:
+                plan.fast = [self._fast_slots(plan, p, ufunc) for p in (0, 1)]
             if ufunc is not None:
                 ufunc(views[0], views[1], out=flat)
                 for q in range(2, node.size):
@@ -274,6 +334,10 @@ class Tree:
         plan = None
         if out is None and value is not None:
             plan = self._plans.get(value, rop)
+            if plan is not None and plan.fast is not None:
+                fast = self._fast_allreduce(plan)
+                if fast is not None:
+                    return fast
         if plan is None:
             # The data rides with the agreement round only for an in-place builtin op.
             small = min(self.settings.small_bytes, self._node.arena.small_bytes) \
@@ -299,6 +363,11 @@ class Tree:
             n_err, uniform = int(plan.flag == FLAG_ERROR), True
         else:
             n_data, n_err, uniform = self._control(plan.hash, plan.flag, "allreduce")
+        return self._finish(plan, value, rop, out, zero, n_data, n_err, uniform)
+
+    def _finish(self, plan: Plan, value: Any, rop: ReduceOp, out: Any, zero: Any,
+                n_data: int, n_err: int, uniform: bool) -> AllreduceResult:
+        """After the agreement round: report disagreement, or move the data."""
         if n_err or not uniform:
             self._raise_disagreement("allreduce", plan)
         if n_data == 0:
