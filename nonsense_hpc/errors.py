@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "ClusterError",
+    "ClusterTimeoutError",
     "CollectiveError",
     "CollectiveMismatchError",
     "CollectiveTimeoutError",
@@ -17,6 +18,7 @@ __all__ = [
     "DeviceError",
     "NonsenseError",
     "RemoteError",
+    "ResourceError",
     "SupervisorError",
     "WireError",
 ]
@@ -78,6 +80,14 @@ class SupervisorError(NonsenseError, RuntimeError):
 
 class ClusterError(NonsenseError, RuntimeError):
     """A scheduler (Slurm) command failed or was given an invalid request."""
+
+
+class ResourceError(ClusterError, ConfigError):
+    """A scheduler resource request is invalid before it reaches the scheduler."""
+
+
+class ClusterTimeoutError(ClusterError, TimeoutError):
+    """A job did not reach a finished state within the time the caller allowed."""
 
 
 class ContainerError(NonsenseError, RuntimeError):

@@ -191,7 +191,7 @@ def targets(rows: list[Row]) -> list[tuple[str, bool, str]]:
         if n == 1 << 20:
             v = ratio("tree", "native", n)
             if v is not None:
-                out.append((f"busbw >= 1.0x native at 1 MiB", v >= 1.0, f"{v:.2f}x"))
+                out.append(("busbw >= 1.0x native at 1 MiB", v >= 1.0, f"{v:.2f}x"))
         if n >= 16 << 20:
             v = ratio("tree", "native", n)
             if v is not None:
@@ -209,7 +209,7 @@ def targets(rows: list[Row]) -> list[tuple[str, bool, str]]:
 
 def write_json(rows: list[Row], path: Path, command: str) -> None:
     """Save rows with the machine and command that produced them."""
-    table, ratios = summary(rows)
+    _, ratios = summary(rows)
     doc = {
         "command": command,
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -225,7 +225,7 @@ def write_json(rows: list[Row], path: Path, command: str) -> None:
 
 
 def write_plot(rows: list[Row], path: Path) -> None:
-    """busbw and latency against size, one line per implementation (PNG)."""
+    """Busbw and latency against size, one line per implementation (PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nonsense_hpc.cluster.slurm import render_sbatch, validate_parameters
-from nonsense_hpc.errors import ClusterError, ConfigError
+from nonsense_hpc.errors import ClusterError, ClusterTimeoutError, ConfigError
 
 __all__ = [
     "FINISHED_STATES",
@@ -51,10 +51,6 @@ FINISHED_STATES = frozenset({
 })
 DEFAULT_LOG_DIR = "slurm-logs"
 _COMMAND_TIMEOUT = 60.0
-
-
-class ClusterTimeoutError(ClusterError, TimeoutError):
-    """A job did not reach a finished state within the time the caller allowed."""
 
 
 def run_slurm(argv: Sequence[str], *, input_text: str | None = None,

@@ -27,7 +27,7 @@ import re
 import shlex
 from collections.abc import Mapping, Sequence
 
-from nonsense_hpc.errors import ClusterError, ConfigError
+from nonsense_hpc.errors import ConfigError, ResourceError
 
 __all__ = [
     "LAUNCHERS",
@@ -79,10 +79,6 @@ _INTEGER = frozenset({"cpus_per_task", "gpus", "gpus_per_node", "gpus_per_task",
 LAUNCHERS = ("mpirun", "srun", "none")
 
 _TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
-
-
-class ResourceError(ClusterError, ConfigError):
-    """A Slurm resource request is invalid before it reaches Slurm (unknown or malformed)."""
 
 
 def parse_time(text: str | int) -> int:
