@@ -1,0 +1,127 @@
+"""Commands to see a job run: ``trace``, ``dashboard`` and ``ps-train``.
+
+Heavy imports (mpi4py, torch, zmq) stay inside the command functions.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+__all__ = ["COMMANDS", "dashboard", "trace"]
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.option("-o", "--out", default="trace-out", show_default=True,
+              type=click.Path(file_okay=False),
+              help="Directory for trace.html, trace.svg, trace.mmd, trace.json (Chrome/"
+                   "Perfetto), events.jsonl and the per-process files under raw/.")
+@click.option("--input", "inputs", multiple=True, type=click.Path(),
+              help="Render existing JSON-lines files (Recorder.dump output, or a "
+                   "directory of them) instead of running a command. Repeatable.")
+@click.option("--timeout", type=float, default=None,
+              help="Kill the command after this many seconds (exit status 124).")
+@click.option("--max-items", type=int, default=400, show_default=True,
+              help="Rows drawn in the sequence diagrams (the Chrome trace keeps all).")
+@click.option("--title", default=None, help="Title of the diagrams (default: the command).")
+@click.option("--mermaid", "print_mermaid", is_flag=True,
+              help="Also print the Mermaid text on stdout.")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def trace(out: str, inputs: tuple[str, ...], timeout: float | None, max_items: int,
+          title: str | None, print_mermaid: bool, command: tuple[str, ...]) -> None:
+    r"""Run COMMAND with tracing on and draw who sent what to whom.
+
+    Sets NONSENSE_TRACE=1 (every Tree records its sends, receives and reductions) and
+    NONSENSE_TRACE_FILE (each process dumps its events at exit), runs the command,
+    then merges the per-process files into a sequence diagram (HTML/SVG, Mermaid) and a
+    Chrome trace with one track per rank. The exit status is the command's.
+
+    \b
+    Examples:
+      nonsense-hpc trace -- mpirun -n 4 python train.py
+      nonsense-hpc trace -o step7 --mermaid -- mpirun -n 2 python -c "..."
+      nonsense-hpc trace --input runs/raw/ -o rendered
+    """
+    from nonsense_hpc.errors import ConfigError
+    from nonsense_hpc.trace import load, render, to_mermaid
+    from nonsense_hpc.trace.runner import run_traced
+
+    try:
+        if inputs:
+            if command:
+                raise click.UsageError("give either --input files or a command, not both")
+            t = load(inputs)
+            files = render(t, out, title=title or "nonsense_hpc trace", max_items=max_items)
+            code = 0
+        else:
+            res = run_traced(list(command), out, timeout=timeout, title=title,
+                             max_items=max_items)
+            t, files, code = res.trace, res.files, res.returncode
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not len(t):
+        click.echo("trace: no events were recorded (does the program use a Tree? "
+                   "Trees record only with NONSENSE_TRACE=1 or Tree(trace=True))", err=True)
+    else:
+        click.echo(f"trace: {len(t)} events from {len(t.actors)} actors", err=True)
+        for key, path in files.items():
+            click.echo(f"  {key:8s} {path}", err=True)
+        if print_mermaid:
+            click.echo(to_mermaid(t, max_items=max_items))
+    sys.exit(code)
+
+
+@click.command()
+@click.option("--from", "sources", multiple=True, required=True, metavar="ADDRESS",
+              help="Forwarder output (XPUB) or any publisher to subscribe to, e.g. "
+                   "tcp://127.0.0.1:5560. Repeatable (a supervisor's own event socket...).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface the web page is served on.")
+@click.option("--port", type=int, default=8050, show_default=True,
+              help="TCP port of the web page (0: any free port, printed at start).")
+@click.option("--public", is_flag=True,
+              help="Allow a non-loopback --host (anyone who can reach it sees the job).")
+@click.option("--topic", "topics", multiple=True,
+              help="Topic prefixes to subscribe to (default: metrics., heartbeat., "
+                   "events., supervise.). Repeatable.")
+@click.option("--hmac-key-file", type=click.Path(exists=True, dir_okay=False),
+              help="Drop messages not signed with the key in this file.")
+def dashboard(sources: tuple[str, ...], host: str, port: int, public: bool,
+              topics: tuple[str, ...], hmac_key_file: str | None) -> None:
+    r"""Serve a live web page of a running job, fed through a Forwarder.
+
+    Loss and accuracy curves, steps per second, per-rank heartbeats and memory, and
+    supervisor events, updated live (Server-Sent Events). The page loads nothing from
+    the network. Ranks publish with Publisher.metric(...) and start_heartbeat(...);
+    supervisors with events=">FORWARDER_IN". Stop with Ctrl-C.
+
+    \b
+    Examples:
+      nonsense-hpc forwarder --in tcp://127.0.0.1:5559 --out tcp://127.0.0.1:5560 &
+      nonsense-hpc dashboard --from tcp://127.0.0.1:5560          # http://127.0.0.1:8050/
+      ssh -L 8050:127.0.0.1:8050 login-node                      # from your laptop
+    """
+    from nonsense_hpc.dashboard import DEFAULT_TOPICS, Dashboard
+    from nonsense_hpc.errors import ConfigError, DeviceError
+
+    key = None
+    if hmac_key_file:
+        with open(hmac_key_file, "rb") as fh:
+            key = fh.read().strip()
+    try:
+        dash = Dashboard(list(sources), host=host, port=port, public=public,
+                         topics=tuple(topics) or DEFAULT_TOPICS, hmac_key=key).start()
+    except (ConfigError, DeviceError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"dashboard: {dash.url} (subscribed to {', '.join(dash.addresses)})",
+               err=True)
+    try:
+        dash.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        dash.stop()
+
+
+COMMANDS = [trace, dashboard]
