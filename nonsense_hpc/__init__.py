@@ -33,6 +33,7 @@ from nonsense_hpc.errors import (
 )
 
 __all__ = [
+    "ChildSpec",
     "ClusterError",
     "CollectiveError",
     "CollectiveMismatchError",
@@ -40,7 +41,6 @@ __all__ = [
     "ConfigError",
     "ContainerError",
     "DeviceError",
-    "ChildSpec",
     "NonsenseError",
     "RemoteError",
     "Supervisor",

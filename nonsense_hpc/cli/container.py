@@ -91,7 +91,7 @@ def container() -> None:
       nonsense-hpc container instance start nonsense-hpc fwd -- python -m my.service
       nonsense-hpc container instance list
       nonsense-hpc container instance stop fwd
-    """  # noqa: D301
+    """
 
 
 @container.command()
@@ -122,7 +122,7 @@ def build(image: str, runtime: str, definition: str | None, force: bool,
       nonsense-hpc container build                       # image "nonsense-hpc"
       nonsense-hpc container build --runtime apptainer ./job.sif
       nonsense-hpc container build --runtime local --include htop dev-sandbox
-    """  # noqa: D301
+    """
     from nonsense_hpc.containers import LocalRuntime
     from nonsense_hpc.containers.sandbox import (
         SandboxRecipe,
@@ -184,7 +184,7 @@ def exec_(image: str, command: tuple[str, ...], runtime: str, binds: tuple[str, 
       mpirun -n 2 nonsense-hpc container exec nonsense-hpc -- python -m my.train
       srun nonsense-hpc container exec ./job.sif -- python -m my.train
       nonsense-hpc container exec --dry-run nonsense-hpc -- true   # show the command line
-    """  # noqa: D301
+    """
     from nonsense_hpc.errors import NonsenseError
 
     try:
@@ -215,7 +215,7 @@ def shell(image: str, runtime: str, binds: tuple[str, ...], dry_run: bool) -> No
     \b
     Example:
       nonsense-hpc container shell nonsense-hpc
-    """  # noqa: D301
+    """
     from nonsense_hpc.errors import NonsenseError
 
     try:
@@ -238,7 +238,7 @@ def instance() -> None:
       nonsense-hpc container instance start nonsense-hpc fwd -- python -m my.service
       nonsense-hpc container instance list
       nonsense-hpc container instance stop fwd
-    """  # noqa: D301
+    """
 
 
 @instance.command("start", context_settings={"ignore_unknown_options": True,
@@ -260,7 +260,7 @@ def instance_start(image: str, name: str, command: tuple[str, ...], runtime: str
     \b
     Example:
       nonsense-hpc container instance start nonsense-hpc fwd -- python -m my.service
-    """  # noqa: D301
+    """
     from nonsense_hpc.errors import NonsenseError
 
     try:
@@ -281,7 +281,7 @@ def instance_list(runtime: str, as_json: bool) -> None:
     \b
     Example:
       nonsense-hpc container instance list --json
-    """  # noqa: D301
+    """
     from dataclasses import asdict
 
     from nonsense_hpc.errors import NonsenseError
@@ -312,7 +312,7 @@ def instance_stop(names: tuple[str, ...], runtime: str, stop_all: bool, timeout:
     Examples:
       nonsense-hpc container instance stop fwd
       nonsense-hpc container instance stop --all
-    """  # noqa: D301
+    """
     from nonsense_hpc.errors import NonsenseError
 
     if not names and not stop_all:

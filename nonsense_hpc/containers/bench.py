@@ -64,7 +64,7 @@ def container_startup(image: str, repeats: int, mpi_repeats: int, output: str) -
     \b
     Example:
       nonsense-hpc bench container-startup --repeats 20
-    """  # noqa: D301
+    """
     from nonsense_hpc.containers import LocalRuntime
     from nonsense_hpc.launch import find_mpirun, mpi_environment, mpirun_command
 
