@@ -87,8 +87,13 @@ class Settings:
         ranks_per_node: split one machine into pretend nodes of this many ranks, so the
             inter-node path runs without a cluster (``NONSENSE_RANKS_PER_NODE``; 0 = use
             the real node boundaries).
-        small_bytes: messages up to this size use the latency-optimised path
-            (``NONSENSE_SMALL_BYTES``).
+        small_bytes: messages up to this size use the one-round path inside a node
+            (``NONSENSE_SMALL_BYTES``; scaled down by 2/ranks-per-node on nodes of more than
+            2 ranks, since every rank folds every slot), and the leaders' tree rather than
+            their ring between nodes.
+        cma_bytes: messages at least this large are read straight from the peers' buffers
+            (``NONSENSE_CMA_BYTES``, transport ``auto``); smaller ones are still in cache and
+            go through the shared window, where a copy beats a system call per chunk.
         trace: record every send, receive and reduction step (``NONSENSE_TRACE``).
         transport: how ranks of one node exchange data (``NONSENSE_TRANSPORT``):
             ``auto`` (read peers' memory directly when the kernel allows it, else stage
@@ -100,14 +105,15 @@ class Settings:
     chunk_bytes: int = 4 * 1024**2
     shm_bytes: int = 64 * 1024**2
     ranks_per_node: int = 0
-    small_bytes: int = 64 * 1024
+    small_bytes: int = 256 * 1024
+    cma_bytes: int = 4 * 1024**2
     trace: bool = False
     transport: str = "auto"
 
     def __post_init__(self) -> None:
         if self.timeout < 0:
             raise ConfigError(f"timeout must be >= 0 seconds, got {self.timeout}")
-        for name in ("bucket_bytes", "chunk_bytes", "shm_bytes"):
+        for name in ("bucket_bytes", "chunk_bytes", "shm_bytes", "small_bytes"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.transport not in ("auto", "cma", "shm"):

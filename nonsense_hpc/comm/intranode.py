@@ -61,10 +61,16 @@ class NodeExchange:
         world_ranks: world rank of each local rank (for traces and errors).
         piece_bytes: with ``shm``, messages move in pieces of this size; it must be the
             same on every node (leaders combine piece by piece), and fit a staging slot.
+        small_limit: messages up to this size take the one-round path.
+        cma_bytes: with ``cma``, messages at least this large are read from the peers'
+            buffers; smaller ones (still in cache) go through the staging slots, where a
+            plain copy beats a system call per chunk. Both limits must be the same on every
+            node.
     """
 
     def __init__(self, arena: Arena, transport: str, recorder: Recorder | None,
-                 world_ranks: list[int], piece_bytes: int) -> None:
+                 world_ranks: list[int], piece_bytes: int, small_limit: int,
+                 cma_bytes: int) -> None:
         self.arena = arena
         self.transport = transport
         self.recorder = recorder
@@ -72,6 +78,8 @@ class NodeExchange:
         self.rank, self.size = arena.rank, arena.size
         self.seq = 0
         self.piece_bytes = min(piece_bytes, arena.slot_bytes)
+        self.small_limit = min(small_limit, arena.small_bytes)
+        self.cma_bytes = cma_bytes
         self.reader = PeerReader() if transport == "cma" else None
         self.pids = [arena.get(q, F_PID) for q in range(self.size)]
         # Precomputed control-word indices for the one-round agreement (hot path).
@@ -169,7 +177,7 @@ class NodeExchange:
         return [int(v) for v in got]
 
     # -- allreduce -------------------------------------------------------------------
-    def allreduce(self, flat: Array, op: ReduceOp, torch_dtype: Any, small_bytes: int,
+    def allreduce(self, flat: Array, op: ReduceOp, torch_dtype: Any,
                   internode: Internode | None = None) -> None:
         """Allreduce ``flat`` in place over the node (and over nodes via ``internode``).
 
@@ -177,12 +185,12 @@ class NodeExchange:
             flat: contiguous 1-D array, the same size and dtype on every rank.
             op: a builtin reduction.
             torch_dtype: compute dtype for float16/bfloat16, else None.
-            small_bytes: messages up to this size take the one-round path.
             internode: on multi-node runs, the leaders' allreduce, called on the leader
                 with the node's partial result (in place).
         """
-        small = flat.nbytes <= min(small_bytes, self.arena.small_bytes)
-        if small or self.transport == "cma":
+        small = flat.nbytes <= self.small_limit
+        direct = self.transport == "cma" and flat.nbytes >= self.cma_bytes
+        if small or direct:
             pieces = [flat]
         else:
             # Same piece size on every node, so leaders combine matching pieces.
@@ -195,8 +203,7 @@ class NodeExchange:
             elif small:
                 self._small(piece, op, torch_dtype, internode)
             else:
-                self._large(piece, op, torch_dtype, internode,
-                            staged=self.transport == "shm")
+                self._large(piece, op, torch_dtype, internode, staged=not direct)
 
     def _small(self, flat: Array, op: ReduceOp, torch_dtype: Any,
                internode: Internode | None) -> None:

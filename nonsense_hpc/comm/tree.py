@@ -132,9 +132,17 @@ class Tree:
                               "memory (process_vm_readv refused: ptrace scope, namespaces "
                               "or containers); use transport='shm' or 'auto'")
         self.transport = "cma" if cma_ok else "shm"
+        # Limits every node computes alike (from the widest node), so nodes cut messages
+        # the same way and leaders combine matching pieces.
+        s = self.settings
         widest = max(len(r) for r in topo.node_ranks)
-        piece = max(4096, self.settings.shm_bytes // widest // 4096 * 4096)
-        self._node = NodeExchange(arena, self.transport, self.recorder, node_world, piece)
+        piece = max(4096, s.shm_bytes // widest // 4096 * 4096)
+        # Each rank folds every slot on the one-round path: shrink it on wide nodes.
+        small_limit = s.small_bytes if widest <= 2 else max(16 * 1024,
+                                                              s.small_bytes * 2 // widest)
+        cma_bytes = 0 if wanted == "cma" else s.cma_bytes
+        self._node = NodeExchange(arena, self.transport, self.recorder, node_world, piece,
+                                  small_limit, cma_bytes)
         self._plans = PlanCache()
         self._closed = False
 
@@ -340,8 +348,7 @@ class Tree:
                     return fast
         if plan is None:
             # The data rides with the agreement round only for an in-place builtin op.
-            small = min(self.settings.small_bytes, self._node.arena.small_bytes) \
-                if out is None and rop.builtin else 0
+            small = self._node.small_limit if out is None and rop.builtin else 0
             plan = make_plan(value, rop, self.settings.bucket_bytes, small)
             if out is None and rop.builtin:
                 self._plans.put(plan)
@@ -428,7 +435,7 @@ class Tree:
             def internode(buf: Array) -> None:
                 leaders_allreduce(leaders, buf, op, torch_dtype, s.timeout, s.small_bytes,
                                   s.chunk_bytes, self.recorder, world)
-        self._node.allreduce(flat, op, torch_dtype, s.small_bytes, internode)
+        self._node.allreduce(flat, op, torch_dtype, internode)
 
     def _callable_allreduce(self, leaves: list[Leaf], op: ReduceOp) -> None:
         """Gather every rank's bytes on rank 0, fold in rank order, broadcast back."""

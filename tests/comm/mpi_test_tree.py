@@ -14,8 +14,9 @@ TIMEOUT = 90
 VARIANTS = {
     "nodes2": {"NONSENSE_RANKS_PER_NODE": "2"},
     "shm": {"NONSENSE_TRANSPORT": "shm", "NONSENSE_SHM_BYTES": "256KiB"},
+    "cma": {"NONSENSE_TRANSPORT": "cma", "NONSENSE_SMALL_BYTES": "16KiB"},
 }
-VARIANT_NP = {"nodes2": (3, 4, 5), "shm": (2, 3)}
+VARIANT_NP = {"nodes2": (3, 4, 5), "shm": (2, 3), "cma": (3,)}
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int32,
           torch.int64]
