@@ -32,7 +32,7 @@ __all__ = ["COMMANDS", "dashboard", "ps_train", "trace"]
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def trace(out: str, inputs: tuple[str, ...], timeout: float | None, max_items: int,
           title: str | None, print_mermaid: bool, command: tuple[str, ...]) -> None:
-    r"""Run COMMAND with tracing on and draw who sent what to whom.
+    """Run COMMAND with tracing on and draw who sent what to whom.
 
     Sets NONSENSE_TRACE=1 (every Tree records its sends, receives and reductions) and
     NONSENSE_TRACE_FILE (each process dumps its events at exit), runs the command,
@@ -91,7 +91,7 @@ def trace(out: str, inputs: tuple[str, ...], timeout: float | None, max_items: i
               help="Drop messages not signed with the key in this file.")
 def dashboard(sources: tuple[str, ...], host: str, port: int, public: bool,
               topics: tuple[str, ...], hmac_key_file: str | None) -> None:
-    r"""Serve a live web page of a running job, fed through a Forwarder.
+    """Serve a live web page of a running job, fed through a Forwarder.
 
     Loss and accuracy curves, steps per second, per-rank heartbeats and memory, and
     supervisor events, updated live (Server-Sent Events). The page loads nothing from
@@ -176,7 +176,7 @@ def ps_train(data_dir: str, out_dir: str, mode: str, workers: int, updates: int,
              batch_size: int, lr: float, momentum: float, hidden: str, seed: int,
              max_staleness: int | None, staleness_lr: str, eval_every: int, delays: str,
              publish: str | None, trace_: bool, timeout: float) -> None:
-    r"""Train asynchronously with a parameter server, or compare with the sync mode.
+    """Train asynchronously with a parameter server, or compare with the sync mode.
 
     Workers (one process each) pull parameters, compute a gradient on their shard and
     push it; the server applies gradients as they arrive, drops those staler than
