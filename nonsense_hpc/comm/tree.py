@@ -117,7 +117,7 @@ class Tree:
         self.comm = base.Dup()
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         self.topology = Topology.build(self.comm, self.settings.ranks_per_node)
-        self.recorder: Recorder | None = Recorder(self.rank) if self.settings.trace else None
+        self._recorder: Recorder | None = None
         topo = self.topology
         node_world = topo.node_ranks[topo.node_index]
         arena = Arena(topo.node, self.settings.small_bytes, self.settings.shm_bytes,
@@ -141,10 +141,12 @@ class Tree:
         small_limit = s.small_bytes if widest <= 2 else max(16 * 1024,
                                                               s.small_bytes * 2 // widest)
         cma_bytes = 0 if wanted == "cma" else s.cma_bytes
-        self._node = NodeExchange(arena, self.transport, self.recorder, node_world, piece,
+        self._node = NodeExchange(arena, self.transport, None, node_world, piece,
                                   small_limit, cma_bytes)
         self._plans = PlanCache()
         self._closed = False
+        if self.settings.trace:
+            self.recorder = Recorder(self.rank)
 
     # -- housekeeping ----------------------------------------------------------------
     def __enter__(self) -> Tree:
@@ -166,6 +168,21 @@ class Tree:
         t = self.topology
         return (f"Tree(rank={self.rank}, size={self.size}, nodes={t.nodes}, "
                 f"local={t.local_rank}/{t.local_size}, transport={self.transport!r})")
+
+    @property
+    def recorder(self) -> Recorder | None:
+        """The trace recorder (None when tracing is off). Set it to start or stop tracing."""
+        return self._recorder
+
+    @recorder.setter
+    def recorder(self, value: Recorder | None) -> None:
+        self._recorder = value
+        self._node.recorder = value
+        if value is not None:
+            # Dump at exit when NONSENSE_TRACE_FILE asks for it (nonsense-hpc trace).
+            from nonsense_hpc.trace.hook import register
+
+            register(value)
 
     @property
     def timeout(self) -> float:

@@ -36,8 +36,8 @@ __all__ = ["Tracing", "attach_recorder", "tracing"]
 def attach_recorder(tree: Any) -> Any:
     """Give ``tree`` a recorder if it has none; returns the recorder.
 
-    The Tree passes its recorder to its intra-node exchange when it is built, so both
-    places are set here.
+    ``Tree.recorder`` is a property: setting it also reaches the Tree's intra-node
+    exchange and registers the recorder for dumping at exit.
     """
     from nonsense_hpc.comm.recorder import Recorder
 
@@ -45,17 +45,11 @@ def attach_recorder(tree: Any) -> Any:
     if rec is None:
         rec = Recorder(int(tree.rank))
         tree.recorder = rec
-        node = getattr(tree, "_node", None)
-        if node is not None and hasattr(node, "recorder"):
-            node.recorder = rec
     return rec
 
 
 def _detach_recorder(tree: Any) -> None:
     tree.recorder = None
-    node = getattr(tree, "_node", None)
-    if node is not None and hasattr(node, "recorder"):
-        node.recorder = None
 
 
 class Tracing:
