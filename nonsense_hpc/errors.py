@@ -19,6 +19,7 @@ __all__ = [
     "NonsenseError",
     "RemoteError",
     "ResourceError",
+    "ServerTimeoutError",
     "SupervisorError",
     "WireError",
 ]
@@ -72,6 +73,10 @@ class WireError(NonsenseError, ValueError):
 
 class DeviceError(NonsenseError, RuntimeError):
     """A ZeroMQ device failed to start, or its control socket reported an error."""
+
+
+class ServerTimeoutError(DeviceError, TimeoutError):
+    """The parameter server did not answer in time (dead, stuck or unreachable)."""
 
 
 class SupervisorError(NonsenseError, RuntimeError):

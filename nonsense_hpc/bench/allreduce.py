@@ -18,6 +18,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,7 @@ def _iters_for(nbytes: int, budget: float, first: float) -> int:
     return int(max(5, min(2000, budget / first)))
 
 
-def _time(comm: Any, fn: Callable[[], None], nbytes: int, budget: float) -> tuple[int, float]:
+def _time(comm: Any, fn: Callable[[], object], nbytes: int, budget: float) -> tuple[int, float]:
     from mpi4py import MPI
 
     fn()  # warm up (allocations, connections)
@@ -117,14 +118,14 @@ def run_benchmark(sizes: list[int], peers: list[str], budget: float = 0.25,
         t = torch.zeros(n, dtype=torch.float32)
         arr = t.numpy()
         dst = np.empty_like(arr)
-        impls: dict[str, Callable[[], None]] = {}
+        impls: dict[str, Callable[[], object]] = {}
         if tree is not None:
-            impls["tree"] = lambda t=t: tree.allreduce(t)  # type: ignore[misc]
-        impls["native"] = lambda a=arr: comm.Allreduce(MPI.IN_PLACE, a, op=MPI.SUM)
-        impls["pickle"] = lambda a=arr: comm.allreduce(a, op=MPI.SUM)
+            impls["tree"] = partial(tree.allreduce, t)
+        impls["native"] = partial(comm.Allreduce, MPI.IN_PLACE, arr, op=MPI.SUM)
+        impls["pickle"] = partial(comm.allreduce, arr, op=MPI.SUM)
         if dist is not None:
-            impls["gloo"] = lambda t=t: dist.all_reduce(t)
-        impls["memcpy"] = lambda a=arr, d=dst: np.copyto(d, a)
+            impls["gloo"] = partial(dist.all_reduce, t)
+        impls["memcpy"] = partial(np.copyto, dst, arr)
         for name in peers:
             if name not in impls:
                 continue

@@ -20,14 +20,10 @@ import numpy as np
 import numpy.typing as npt
 
 from nonsense_hpc import wire
-from nonsense_hpc.errors import ConfigError, DeviceError
+from nonsense_hpc.errors import ConfigError, ServerTimeoutError
 from nonsense_hpc.trace.model import Log
 
 __all__ = ["Ack", "PSClient", "ServerTimeoutError"]
-
-
-class ServerTimeoutError(DeviceError, TimeoutError):
-    """The parameter server did not answer in time (dead, stuck or unreachable)."""
 
 
 @dataclass(frozen=True)
