@@ -53,20 +53,35 @@ def _fail(exc: Exception) -> click.ClickException:
               help="Fail after this step (to try checkpoint/resume).")
 @click.option("--fail-rank", type=click.IntRange(min=0), default=None,
               help="With --fail-at-step: only this rank fails (default: all).")
+@click.option("--trace-step", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Trace this step's gradient allreduce (every rank's messages, gathered "
+                   "to rank 0) into --trace-dir: trace.svg/.html/.mmd and trace.json for "
+                   "Perfetto. 0: no trace. Tree mode only.")
+@click.option("--trace-dir", type=click.Path(file_okay=False), default=None,
+              help="Where the traced step goes (default OUT/trace-step).")
+@click.option("--heartbeat", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Seconds between per-rank heartbeats (host, pid, memory) when "
+                   "publishing, for `nonsense-hpc dashboard`. 0: none.")
 def train(data_dir: str, out_dir: str, steps: int, batch_size: int, lr: float,
           momentum: float, hidden: str, seed: int, checkpoint_every: int,
           checkpoint_dir: str | None, allreduce: str, publish: str | None,
           publish_file: str | None, threads: int, timeout: float | None,
-          fail_at_step: int | None, fail_rank: int | None) -> None:
+          fail_at_step: int | None, fail_rank: int | None, trace_step: int,
+          trace_dir: str | None, heartbeat: float) -> None:
     """Train the digits MLP data-parallel on every rank (launch it under mpirun).
 
     Resumes from the latest checkpoint in the checkpoint directory when there is one.
     A rank that fails aborts the whole job (MPI_Abort), so no rank is left waiting.
+    Step --trace-step is traced into OUT/trace-step/ (sequence diagram, Chrome trace).
+    With --publish, every rank publishes per-step metrics and heartbeats to a Forwarder
+    (watch them with `nonsense-hpc dashboard --from FORWARDER_OUT`).
 
     \b
     Example:
       nonsense-hpc workflow prepare --out data --shards 2
       mpirun -n 2 nonsense-hpc train --data data --out train --steps 200
+      mpirun -n 2 nonsense-hpc train --data data --out train --trace-step 50 \\
+          --publish tcp://127.0.0.1:5559
     """
     from nonsense_hpc.errors import NonsenseError
     from nonsense_hpc.train import TrainConfig
@@ -86,7 +101,8 @@ def train(data_dir: str, out_dir: str, steps: int, batch_size: int, lr: float,
                           checkpoint_dir=checkpoint_dir or os.environ.get(
                               "NONSENSE_CHECKPOINT_DIR") or None,
                           allreduce=allreduce, publish=publish, threads=threads,
-                          timeout=timeout, fail_at_step=fail_at_step, fail_rank=fail_rank)
+                          timeout=timeout, fail_at_step=fail_at_step, fail_rank=fail_rank,
+                          trace_step=trace_step, trace_dir=trace_dir, heartbeat=heartbeat)
     except NonsenseError as exc:
         raise _fail(exc) from None
     _stamp(out_dir)
@@ -354,22 +370,33 @@ def evaluate(model: str, data_dir: str, out: str) -> None:
               help="The Forwarder recorder's messages.jsonl.")
 @click.option("--image", "image_json", type=click.Path(dir_okay=False), default=None,
               help="The image step's JSON.")
+@click.option("--trace", "trace_dir", type=click.Path(file_okay=False), default=None,
+              help="The traced training step's directory [default: TRAIN/trace-step].")
+@click.option("--comparison", "comparison_dir", type=click.Path(file_okay=False),
+              default=None, help="`nonsense-hpc ps-train --mode both` output "
+              "(comparison.json/.png): adds the sync-vs-async section.")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Directory for report.html and the PNG plots.")
 def report(train_dir: str, eval_json: str | None, messages: str | None,
-           image_json: str | None, out: str) -> None:
+           image_json: str | None, trace_dir: str | None, comparison_dir: str | None,
+           out: str) -> None:
     """Write the HTML report with loss/accuracy, step-time and bandwidth plots.
+
+    Also embeds the traced training step (sequence diagram, link to the Chrome trace)
+    and, with --comparison, synchronous against asynchronous training.
 
     \b
     Example:
       nonsense-hpc workflow report --train train --eval eval.json --out report
+      nonsense-hpc workflow report --train train --comparison async --out report
     """
     from nonsense_hpc.errors import ConfigError
     from nonsense_hpc.train.report import write_report
 
     try:
         path = write_report(out, train_dir=train_dir, eval_json=eval_json,
-                            messages=messages, image_json=image_json)
+                            messages=messages, image_json=image_json,
+                            trace_dir=trace_dir, comparison_dir=comparison_dir)
     except ConfigError as exc:
         raise _fail(exc) from None
     click.echo(f"report: {os.path.abspath(path)}")

@@ -6,7 +6,11 @@ logs, which it needs):
 * ``TRAIN/ranks/rank-*.jsonl`` and ``TRAIN/summary.json`` (:mod:`.trainer`),
 * the evaluation metrics JSON (:mod:`.evaluate`),
 * the recorder's ``messages.jsonl`` (:mod:`.monitor`): what reached the Forwarder,
-* the image step's JSON (whether the job ran in a container).
+* the image step's JSON (whether the job ran in a container),
+* the traced training step (``TRAIN/trace-step/``, :mod:`.observe`): the sequence
+  diagram is embedded, the Chrome trace linked (:mod:`.sections`),
+* the sync-vs-async comparison (``nonsense-hpc ps-train --mode both``): its plot of
+  accuracy against wall-clock time, updates and samples, and a table.
 
 Plots: loss and accuracy per step (mean over ranks, each rank faint), step time per rank,
 allreduce bandwidth per rank (algorithm bandwidth: gradient bytes / allreduce time).
@@ -28,6 +32,7 @@ from typing import Any
 
 from nonsense_hpc.errors import ConfigError
 from nonsense_hpc.train.runlog import read_rank_logs
+from nonsense_hpc.train.sections import comparison_section, trace_section
 
 __all__ = ["write_report"]
 
@@ -131,18 +136,38 @@ def _messages_text(messages: list[dict[str, Any]] | None) -> str:
     events = [m for m in messages if m.get("kind") == "event"]
     ranks = sorted({m["rank"] for m in metrics if m.get("rank") is not None})
     last = max((m["step"] for m in metrics if m.get("step") is not None), default=None)
+    beats = [m for m in messages if m.get("kind") == "heartbeat"]
+    beat_ranks = sorted({m["rank"] for m in beats if m.get("rank") is not None})
+    rss = [m["data"]["rss"] for m in beats if isinstance(m.get("data"), dict)
+           and isinstance(m["data"].get("rss"), int | float)]
+    memory = f", resident memory up to {max(rss) / 2**20:.0f} MiB" if rss else ""
     return (f"<p>The supervised Forwarder passed {len(messages)} messages to its recorder: "
             f"{len(metrics)} per-step metrics from rank(s) {ranks or '-'} (last step "
-            f"{last}) and {len(events)} events "
-            f"({', '.join(sorted({str(e['topic']) for e in events})) or '-'}).</p>")
+            f"{last}), {len(events)} events "
+            f"({', '.join(sorted({str(e['topic']) for e in events})) or '-'}) and "
+            f"{len(beats)} heartbeats from rank(s) {beat_ranks or '-'}{memory} (what "
+            "<code>nonsense-hpc dashboard</code> shows live, docs/workflow.md).</p>")
 
 
 def write_report(out_dir: str | os.PathLike[str], *, train_dir: str | os.PathLike[str],
                  eval_json: str | os.PathLike[str] | None = None,
                  messages: str | os.PathLike[str] | None = None,
                  image_json: str | os.PathLike[str] | None = None,
+                 trace_dir: str | os.PathLike[str] | None = None,
+                 comparison_dir: str | os.PathLike[str] | None = None,
                  title: str = "nonsense_hpc main job") -> Path:
     """Write ``OUT/report.html`` and its PNG plots.
+
+    Args:
+        out_dir: the report directory (``report.html``, PNGs, copied trace files).
+        train_dir: the training output (``ranks/``, ``summary.json``).
+        eval_json: evaluation metrics.
+        messages: the Forwarder recorder's ``messages.jsonl``.
+        image_json: the image step's decision.
+        trace_dir: the traced step's files (default: the trainer's ``trace_dir``
+            from ``summary.json``, else ``TRAIN/trace-step``).
+        comparison_dir: ``ps-train --mode both`` output (None: no comparison).
+        title: page title.
 
     Raises:
         ConfigError: no training logs in ``train_dir``.
@@ -185,6 +210,11 @@ def write_report(out_dir: str | os.PathLike[str], *, train_dir: str | os.PathLik
     parts.append("<h2>Ranks</h2>" + _rank_table(logs))
     for name, caption in plots:
         parts.append(f"<h3>{esc(caption)}</h3><img src='{esc(name)}' alt='{esc(caption)}'>")
+    if trace_dir is None:
+        trace_dir = config.get("trace_dir") or Path(train_dir) / "trace-step"
+    traced = [r["step"] for records in logs.values() for r in records if r.get("traced")]
+    parts.append(trace_section(trace_dir, out, traced[0] if traced else None))
+    parts.append(comparison_section(comparison_dir, out))
     parts.append("</body></html>\n")
     path = out / "report.html"
     tmp = out / "report.html.tmp"

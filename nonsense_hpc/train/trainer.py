@@ -12,6 +12,11 @@ steps rank 0 writes a checkpoint (atomically); a restarted job resumes from the 
 one instead of starting again. Under Slurm, the warning signal (SIGUSR1) makes the ranks
 agree at the next step, checkpoint and requeue the job (Tree mode).
 
+For watching a run (:mod:`.observe`): at step ``trace_step`` (Tree mode) the gradient
+allreduce is traced and rendered into ``OUT/trace-step/`` (sequence diagram, Mermaid,
+Chrome trace); when publishing, every rank also sends a heartbeat with its memory every
+``heartbeat`` seconds, for ``nonsense-hpc dashboard``.
+
 Example (``mpirun -n 2 python script.py``)::
 
     from nonsense_hpc.train import TrainConfig, train
@@ -21,6 +26,7 @@ Example (``mpirun -n 2 python script.py``)::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -33,6 +39,7 @@ from nonsense_hpc.errors import ConfigError
 from nonsense_hpc.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from nonsense_hpc.train.data import batch_indices, load_rank_data
 from nonsense_hpc.train.model import make_model
+from nonsense_hpc.train.observe import StepTrace, beat_now, start_beats
 from nonsense_hpc.train.runlog import RankLog
 
 __all__ = ["ALLREDUCE", "InjectedFailure", "TrainConfig", "TrainResult", "train"]
@@ -69,6 +76,11 @@ class TrainConfig:
         fail_at_step: raise :class:`InjectedFailure` after this step, in an attempt that
             started from scratch (a resumed attempt goes on: tests of resume).
         fail_rank: only this rank fails (default: every rank).
+        trace_step: trace the gradient allreduce of this step (1-based) into
+            ``trace_dir`` (0: no trace; Tree mode only; a step outside this attempt's
+            range is not traced).
+        trace_dir: default ``OUT/trace-step``.
+        heartbeat: seconds between per-rank heartbeats when publishing (0: none).
     """
 
     data_dir: str
@@ -87,6 +99,9 @@ class TrainConfig:
     timeout: float | None = None
     fail_at_step: int | None = None
     fail_rank: int | None = None
+    trace_step: int = 10
+    trace_dir: str | None = None
+    heartbeat: float = 1.0
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -103,11 +118,20 @@ class TrainConfig:
                               f"got {self.allreduce!r}")
         if self.threads < 1:
             raise ConfigError(f"threads must be >= 1, got {self.threads}")
+        if self.trace_step < 0:
+            raise ConfigError(f"trace_step must be >= 0 (0: no trace), got {self.trace_step}")
+        if self.heartbeat < 0:
+            raise ConfigError(f"heartbeat must be >= 0 s (0: none), got {self.heartbeat}")
 
     @property
     def checkpoints(self) -> Path:
         """The checkpoint directory."""
         return Path(self.checkpoint_dir or Path(self.out_dir) / "checkpoints")
+
+    @property
+    def traces(self) -> Path:
+        """The directory of the traced step."""
+        return Path(self.trace_dir or Path(self.out_dir) / "trace-step")
 
 
 @dataclass
@@ -238,6 +262,7 @@ def train(cfg: TrainConfig, comm: Any = None) -> TrainResult:
     model = make_model(cfg.hidden, cfg.seed)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
     start, state = _resume_point(cfg, comm)
+    progress = [start]
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -265,19 +290,35 @@ def train(cfg: TrainConfig, comm: Any = None) -> TrainResult:
                   allreduce=cfg.allreduce)
     step_times: list[float] = []
     loss_v = acc_v = float("nan")
+    beat = start_beats(pub, cfg.heartbeat, step=lambda: progress[0])
+    beat_now(pub, cfg.heartbeat, start)
     try:
         for step in range(start, cfg.steps):
-            t0 = time.perf_counter()
-            idx = torch.from_numpy(batch_indices(len(x), cfg.batch_size, step, cfg.seed, rank))
-            xb, yb = x[idx], y[idx]
-            opt.zero_grad(set_to_none=False)
-            logits = net(xb)
-            loss = F.cross_entropy(logits, yb)
-            loss.backward()  # type: ignore[no-untyped-call]
-            ar_time, stop = reducer.allreduce(handler.requested)
-            opt.step()
-            dt = time.perf_counter() - t0
             done = step + 1
+            tracer = None
+            with contextlib.ExitStack() as stack:
+                if done == cfg.trace_step and reducer.tree is not None:
+                    tracer = stack.enter_context(
+                        StepTrace(reducer.tree, cfg.traces, done, cfg.timeout))
+                t0 = time.perf_counter()
+                idx = torch.from_numpy(batch_indices(len(x), cfg.batch_size, step,
+                                                     cfg.seed, rank))
+                xb, yb = x[idx], y[idx]
+                opt.zero_grad(set_to_none=False)
+                logits = net(xb)
+                loss = F.cross_entropy(logits, yb)
+                loss.backward()  # type: ignore[no-untyped-call]
+                if tracer is not None:
+                    tracer.mark("compute")
+                ar_time, stop = reducer.allreduce(handler.requested)
+                if tracer is not None:
+                    tracer.mark("allreduce", reducer.nbytes)
+                opt.step()
+                if tracer is not None:
+                    tracer.mark("apply")
+            # Gathering and rendering the trace is not training time.
+            dt = time.perf_counter() - t0 - (tracer.overhead if tracer else 0.0)
+            progress[0] = done
             step_times.append(dt)
             loss_v = float(loss.detach())
             acc_v = float((logits.detach().argmax(1) == yb).float().mean())
@@ -285,6 +326,10 @@ def train(cfg: TrainConfig, comm: Any = None) -> TrainResult:
                       "samples": len(idx), "step_time": dt, "allreduce_time": ar_time,
                       "allreduce_bytes": reducer.nbytes,
                       "throughput": cfg.batch_size * size / dt, "time": time.time()}
+            if tracer is not None:
+                record["traced"] = True
+                if pub is not None and rank == 0:
+                    pub.event("trace", step=done, path=str(cfg.traces / "trace.json"))
             runlog.write(record)
             if pub is not None:
                 pub.metric("train", {k: record[k] for k in (
@@ -301,11 +346,14 @@ def train(cfg: TrainConfig, comm: Any = None) -> TrainResult:
     finally:
         handler.uninstall()
         runlog.close()
+        if beat is not None:
+            beat.stop()
     if rank == 0:
         _write_outputs(cfg, model, out, size)
     result = _summarise(cfg, comm, rank, size, start, step_times, loss_v, acc_v, started,
                         written)
     if pub is not None:
+        beat_now(pub, cfg.heartbeat, cfg.steps)
         pub.event("done", step=cfg.steps, steps_run=result.steps_run)
         pub.close()
     reducer.close()
