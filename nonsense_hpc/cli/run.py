@@ -336,6 +336,68 @@ def forwarder_stop(directory: str) -> None:
     click.echo("forwarder: stopped" if stopped else "forwarder: none running")
 
 
+@workflow.command("dashboard")
+@click.option("--out", "run_dir", default="nonsense-run", show_default=True,
+              type=click.Path(file_okay=False),
+              help="The run's directory (what `nonsense-hpc run --out` was given).")
+@click.option("--port", type=int, default=8050, show_default=True,
+              help="TCP port of the web page on 127.0.0.1 (0: any free port, printed).")
+@click.option("--wait", type=click.FloatRange(min=0), default=120.0, show_default=True,
+              help="Seconds to wait for the run's Forwarder to start.")
+def workflow_dashboard(run_dir: str, port: int, wait: float) -> None:
+    """Serve the live dashboard of a running main job.
+
+    Reads the run's Forwarder address from OUT/monitor/monitor.json (or
+    forwarder.json), waiting for the workflow to start it, then serves the page of
+    `nonsense-hpc dashboard`: loss and accuracy, steps/s, each rank's heartbeat and
+    memory, events. Stop with Ctrl-C.
+
+    \b
+    Example:
+      nonsense-hpc run --steps 20000 --out runs/live &
+      nonsense-hpc workflow dashboard --out runs/live     # http://127.0.0.1:8050/
+    """
+    from nonsense_hpc.dashboard import Dashboard
+    from nonsense_hpc.errors import ConfigError, DeviceError
+
+    try:
+        address = _forwarder_out(os.path.join(run_dir, "monitor"), wait)
+        dash = Dashboard([address], port=port).start()
+    except (ConfigError, DeviceError) as exc:
+        raise _fail(exc) from None
+    click.echo(f"dashboard: {dash.url} (run {run_dir}, Forwarder {address})", err=True)
+    try:
+        dash.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        dash.stop()
+
+
+def _forwarder_out(directory: str, wait: float) -> str:
+    """The ``out`` address of the run's Forwarder, waiting up to ``wait`` seconds.
+
+    Raises:
+        ConfigError: no Forwarder started in time.
+    """
+    from nonsense_hpc.errors import ConfigError
+    from nonsense_hpc.train.monitor import INFO, STATE
+
+    deadline = time.monotonic() + wait
+    while True:
+        for name in (STATE, INFO):
+            try:
+                with open(os.path.join(directory, name)) as fh:
+                    return str(json.load(fh)["out"])
+            except (FileNotFoundError, ValueError, KeyError):
+                continue
+        if time.monotonic() >= deadline:
+            raise ConfigError(f"no running Forwarder in {directory} after {wait:g} s (is "
+                              "the main job running with that --out? its Forwarder "
+                              f"writes {STATE} there while the workflow runs)")
+        time.sleep(0.2)
+
+
 @workflow.command("evaluate")
 @click.option("--model", required=True, type=click.Path(dir_okay=False),
               help="model.pt written by training.")

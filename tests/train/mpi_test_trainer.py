@@ -1,5 +1,7 @@
 """The trainer on 1 and 2 ranks: ranks stay identical, resume equals an unbroken run,
-DDP mode trains too, a bad shard count is refused on every rank."""
+DDP mode trains too, a bad shard count is refused on every rank; one step is traced."""
+
+import json
 
 import pytest
 import torch
@@ -34,7 +36,7 @@ def _params(model):
 def test_ranks_stay_identical_and_loss_falls(comm, tmp_path):
     data = _data(comm, tmp_path)
     cfg = TrainConfig(data_dir=str(data), out_dir=str(tmp_path / "a"), steps=40,
-                      checkpoint_every=20, timeout=60)
+                      checkpoint_every=20, timeout=60, trace_step=5)
     result = train(cfg, comm)
     assert result.steps_run == 40 and result.resumed_from == 0
     assert result.world_size == comm.Get_size()
@@ -48,6 +50,20 @@ def test_ranks_stay_identical_and_loss_falls(comm, tmp_path):
     model = load_model(tmp_path / "a" / "model.pt")
     digests = comm.allgather(float(_params(model).double().sum()))
     assert len(set(digests)) == 1
+    # Step 5 was traced: every rank's phases gathered to rank 0, Chrome trace written.
+    assert [r["step"] for r in logs[comm.Get_rank()] if r.get("traced")] == [5]
+    if comm.Get_rank() == 0:
+        trace = tmp_path / "a" / "trace-step"
+        events = [json.loads(line)
+                  for line in (trace / "events.jsonl").read_text().splitlines()]
+        phases = {(e["actor"], e["phase"]) for e in events if e["op"] == "step"}
+        assert phases == {(f"rank {r}", p) for r in range(comm.Get_size())
+                          for p in ("compute", "allreduce", "apply")}, phases
+        chrome = json.loads((trace / "trace.json").read_text())
+        tracks = {e["args"]["name"] for e in chrome["traceEvents"]
+                  if e["name"] == "process_name"}
+        assert tracks == {f"rank {r}" for r in range(comm.Get_size())}
+        assert "step 5" in (trace / "trace.svg").read_text()
 
 
 def test_resume_after_failure_equals_unbroken_run(comm, tmp_path):

@@ -78,3 +78,41 @@ def test_image_prefix(tmp_path):
         {"used": True, "runtime": "local", "image": "/img"}))
     assert exec_prefix(tmp_path / "i.json") == [
         "nonsense-hpc", "container", "exec", "--runtime", "local", "/img", "--"]
+
+
+def test_report_embeds_the_traced_step_and_the_comparison(tmp_path):
+    from nonsense_hpc.psgd.compare import compare
+    from nonsense_hpc.trace import render
+
+    _logs(tmp_path / "train")
+    render([{"op": "step", "phase": "compute", "actor": f"rank {r}", "start": 1.0,
+             "end": 1.001} for r in range(2)]
+           + [{"op": "allreduce", "phase": "send", "rank": 1, "peer": 0, "nbytes": 4096,
+               "start": 1.001, "end": 1.002}], tmp_path / "train" / "trace-step",
+           title="step 10")
+    hist = {"sync": [{"time": 0.0, "updates": 0, "samples": 0, "accuracy": 0.1},
+                     {"time": 0.5, "updates": 40, "samples": 2560, "accuracy": 0.92}],
+            "async": [{"time": 0.0, "updates": 0, "samples": 0, "accuracy": 0.1},
+                      {"time": 0.3, "updates": 80, "samples": 2560, "accuracy": 0.85}]}
+    compare(hist, tmp_path / "async")
+    text = write_report(tmp_path / "report", train_dir=tmp_path / "train",
+                        comparison_dir=tmp_path / "async").read_text()
+    # The trace: the diagram embedded, the Chrome trace linked, the Mermaid text shown;
+    # the files travel with the report.
+    assert "<img src='trace-step/trace.svg'" in text
+    assert "href='trace-step/trace.json'" in text and "p1-&gt;&gt;p0: allreduce 4.0 KiB" in text
+    for name in ("trace.svg", "trace.json", "trace.html", "trace.mmd"):
+        assert (tmp_path / "report" / "trace-step" / name).stat().st_size > 0
+    # The comparison: plot plus a table with time/updates to each accuracy.
+    assert "<img src='sync_vs_async.png'" in text
+    assert (tmp_path / "report" / "sync_vs_async.png").stat().st_size > 1000
+    assert "<td>sync</td><td>0.92</td>" in text and "<td>async</td><td>0.85</td>" in text
+    assert "0.50 s (40)" in text and "not reached" in text  # async never reached 90 %
+
+
+def test_report_says_when_there_is_no_trace_or_comparison(tmp_path):
+    _logs(tmp_path / "train")
+    (tmp_path / "async").mkdir()
+    text = write_report(tmp_path / "r", train_dir=tmp_path / "train",
+                        comparison_dir=tmp_path / "async").read_text()
+    assert "No step was traced" in text and "Not run (workflow setting" in text

@@ -23,7 +23,7 @@ def _monitor_gone(out):
     assert not pids, f"monitor processes left behind: {pids}"
 
 
-def _check_report(out, steps):
+def _check_report(out, steps, compared=True):
     html = (out / "report" / "report.html").read_text()
     for png in ("loss.png", "accuracy.png", "step_time.png", "allreduce_bandwidth.png"):
         assert (out / "report" / png).exists()
@@ -31,6 +31,21 @@ def _check_report(out, steps):
     assert metrics["accuracy"] > 0.5  # 10 classes: chance is 0.1
     # The ranks' per-step metrics went through the supervised Forwarder.
     assert f"per-step metrics from rank(s) [0, 1] (last step {steps})" in html
+    assert "heartbeats from rank(s) [0, 1]" in html
+    # Issue 8: the trace of one training step (diagram embedded, Chrome trace linked)
+    # and synchronous against asynchronous training (plot and table).
+    assert "<img src='trace-step/trace.svg'" in html and "trace-step/trace.json" in html
+    chrome = json.loads((out / "report" / "trace-step" / "trace.json").read_text())
+    assert {e["args"]["name"] for e in chrome["traceEvents"]
+            if e["name"] == "process_name"} == {"rank 0", "rank 1"}
+    if not compared:
+        assert "Not run (workflow setting <code>async=0</code>" in html
+        return
+    assert "<img src='sync_vs_async.png'" in html
+    cmp = json.loads((out / "report" / "sync_vs_async.json").read_text())["runs"]
+    assert sorted(cmp) == ["async", "sync"] and all(
+        r["final"]["accuracy"] > 0.5 for r in cmp.values())
+    assert "<td>sync</td>" in html and "<td>async</td>" in html
 
 
 def test_nonsense_hpc_run_local_profile(tmp_path):
@@ -64,7 +79,9 @@ def test_snakemake_profile_slurm_end_to_end(slurm, tmp_path):
            "mem_mb_per_cpu=500", "tasks=1",
            "--slurm-init-seconds-before-status-checks", "1",
            "--seconds-between-status-checks", "1",
-           "--config", "np=2", "steps=20", "checkpoint_every=10", "image=skip"]
+           # async=0: the sync-vs-async rule is checked by the local-profile test (under
+           # Slurm it is one more job, about 30 s here).
+           "--config", "np=2", "steps=20", "checkpoint_every=10", "image=skip", "async=0"]
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     # The last rule fails: a clear error, every finished output kept.
     proc = subprocess.run([*cmd, "fail_rule=report"], cwd=ROOT, capture_output=True,
@@ -87,5 +104,5 @@ def test_snakemake_profile_slurm_end_to_end(slurm, tmp_path):
     assert "rule train:" not in text and "rule report:" in text
     summary = json.loads((out / "train" / "summary.json").read_text())
     assert summary["result"]["world_size"] == 2
-    _check_report(out, 20)
+    _check_report(out, 20, compared=False)
     _monitor_gone(out)
