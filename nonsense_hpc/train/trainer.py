@@ -328,6 +328,7 @@ def train(cfg: TrainConfig, comm: Any = None) -> TrainResult:
                       "throughput": cfg.batch_size * size / dt, "time": time.time()}
             if tracer is not None:
                 record["traced"] = True
+                record["trace_time"] = tracer.overhead  # gather + render, not in step_time
                 if pub is not None and rank == 0:
                     pub.event("trace", step=done, path=str(cfg.traces / "trace.json"))
             runlog.write(record)
