@@ -169,10 +169,13 @@ def run(np_: int, steps: int, out: str, profile: str, image: str, allreduce: str
     """Run the main job: the Snakemake workflow of docs/workflow.md, end to end.
 
     Prepares the digits shards, finds or builds the job image, starts a supervised
-    Forwarder, trains on NP ranks with the Tree AllReduce (metrics published to the
-    Forwarder, checkpoints), evaluates and writes an HTML report. The last line says
-    where the report is. Run it again to continue a failed run: finished outputs are
-    kept and training resumes from its latest checkpoint.
+    Forwarder, trains on NP ranks with the Tree AllReduce (metrics and per-rank
+    heartbeats published to the Forwarder, one step traced, checkpoints), evaluates,
+    compares synchronous with asynchronous (parameter server) training (-C async=0
+    skips it) and writes an HTML report. The last line says where the report is. Watch
+    it live with `nonsense-hpc workflow dashboard --out OUT`. Run it again to continue
+    a failed run: finished outputs are kept and training resumes from its latest
+    checkpoint.
 
     As root, the workflow sets Open MPI's OMPI_ALLOW_RUN_AS_ROOT(_CONFIRM) for the jobs
     it launches (and says so).
@@ -182,6 +185,7 @@ def run(np_: int, steps: int, out: str, profile: str, image: str, allreduce: str
       nonsense-hpc run
       nonsense-hpc run --np 4 --steps 500 --out runs/np4
       nonsense-hpc run --profile slurm        # through the local or a real Slurm
+      nonsense-hpc run -C async=0 -C trace_step=50
     """
     from nonsense_hpc.errors import ConfigError
     from nonsense_hpc.train.mainjob import run_workflow, snakemake_command
