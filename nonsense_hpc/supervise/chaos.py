@@ -71,13 +71,20 @@ class ChaosReport:
 
 
 def leftovers(groups: set[int]) -> tuple[int, int]:
-    """``(zombies, orphans)``: our unreaped children, live processes of dead groups."""
+    """``(zombies, orphans)`` of the run's process groups.
+
+    Zombies are unreaped children of ours; orphans are live processes of groups whose
+    leader is gone. Only the run's own groups count: other zombies of this process (for instance
+    orphans of unrelated programs a subreaper adopted) are not the supervisor's doing.
+    """
     me = os.getpid()
     zombies = orphans = 0
     for proc in list_processes():
-        if proc.state == "Z" and proc.ppid == me:
-            zombies += 1
-        elif proc.pgid in groups and proc.state != "Z":
+        if proc.pgid not in groups:
+            continue
+        if proc.state == "Z":
+            zombies += proc.ppid == me
+        else:
             orphans += 1
     return zombies, orphans
 

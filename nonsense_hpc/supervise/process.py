@@ -18,6 +18,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ __all__ = [
     "fork_callable",
     "kill_group",
     "list_processes",
+    "release_subreaper",
     "set_death_signal",
     "spawn_command",
     "sweep",
@@ -39,6 +41,7 @@ __all__ = [
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
+_PR_GET_CHILD_SUBREAPER = 37
 _FORK_BLOCKED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD}
 
 
@@ -55,13 +58,52 @@ def set_death_signal(sig: int) -> bool:
     return sys.platform.startswith("linux") and _prctl(_PR_SET_PDEATHSIG, int(sig))
 
 
+_subreaper_lock = threading.Lock()
+_subreaper_users = 0
+_subreaper_was_set = False
+
+
+def _is_subreaper() -> bool:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        flag = ctypes.c_int(0)
+        ok = int(libc.prctl(_PR_GET_CHILD_SUBREAPER, ctypes.byref(flag), 0, 0, 0)) == 0
+        return ok and flag.value != 0
+    except (OSError, AttributeError):
+        return False
+
+
 def become_subreaper() -> bool:
     """Make orphaned descendants of this process its children (Linux ``prctl``).
+
+    Counted: each call must be matched by :func:`release_subreaper`; the flag is cleared
+    when the last user releases it, unless the process had it before the first call, so
+    a program that ran a supervisor once does not adopt unrelated orphans for ever.
 
     Returns:
         Whether it worked (False on systems without ``PR_SET_CHILD_SUBREAPER``).
     """
-    return sys.platform.startswith("linux") and _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    global _subreaper_users, _subreaper_was_set
+    if not sys.platform.startswith("linux"):
+        return False
+    with _subreaper_lock:
+        if _subreaper_users == 0:
+            _subreaper_was_set = _is_subreaper()
+        ok = _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+        if ok:
+            _subreaper_users += 1
+        return ok
+
+
+def release_subreaper() -> None:
+    """Undo one :func:`become_subreaper` (clears the flag after the last one)."""
+    global _subreaper_users
+    with _subreaper_lock:
+        if _subreaper_users == 0:
+            return
+        _subreaper_users -= 1
+        if _subreaper_users == 0 and not _subreaper_was_set:
+            _prctl(_PR_SET_CHILD_SUBREAPER, 0)
 
 
 @dataclass(frozen=True)

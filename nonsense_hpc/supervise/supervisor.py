@@ -36,6 +36,7 @@ from nonsense_hpc.supervise.intensity import RestartIntensity
 from nonsense_hpc.supervise.process import (
     ExitStatus,
     become_subreaper,
+    release_subreaper,
     set_death_signal,
     sweep,
 )
@@ -265,7 +266,7 @@ class Supervisor:
         try:
             self._setup_sockets()
             if self._reap_orphans:
-                become_subreaper()
+                self._subreaper = become_subreaper()
             self._emit("start", reason=f"strategy={self.spec.strategy}")
             self._start_initial()
         except BaseException as exc:
@@ -315,6 +316,9 @@ class Supervisor:
         return self._heart
 
     def _teardown(self) -> None:
+        if getattr(self, "_subreaper", False):
+            self._subreaper = False
+            release_subreaper()
         for closer in (self._heart, self._publisher, self._control):
             if closer is not None:
                 with contextlib.suppress(Exception):
