@@ -107,7 +107,7 @@ def train_bench(steps: int, warmup: int, repeats: int, nps: tuple[int, ...], hid
                     cmd = mpirun_command(np_, [
                         _cli(), "train", "--data", str(work / "data"), "--out", str(out),
                         "--steps", str(steps), "--checkpoint-every", "0", "--hidden",
-                        hidden, "--allreduce", mode, "--publish", ""])
+                        hidden, "--allreduce", mode, "--publish", "", "--trace-step", "0"])
                     proc = subprocess.run(cmd, capture_output=True, text=True, env=env,
                                           timeout=600)
                     if proc.returncode != 0:
@@ -206,14 +206,14 @@ def workflow_overhead(repeats: int, use_slurm: bool | None, partition: str | Non
 
     def train_argv(out: Path) -> list[str]:
         return [cli, "train", "--data", str(work / "data"), "--out", str(out), "--steps",
-                "5", "--checkpoint-every", "0", "--publish", ""]
+                "5", "--checkpoint-every", "0", "--publish", "", "--trace-step", "0"]
 
     def record(name: str, seconds: float) -> None:
         times.setdefault(name, []).append(seconds)
         click.echo(f"{name}: first rank after {seconds:.2f} s", err=True)
 
     sm = [sys.executable, "-m", "snakemake", "--snakefile", str(snakefile)]
-    config = ["--config", "np=2", "steps=5", "image=skip"]
+    config = ["--config", "np=2", "steps=5", "image=skip", "async=0", "trace_step=0"]
     try:
         for i in range(repeats):
             out = work / f"mpirun-{i}"

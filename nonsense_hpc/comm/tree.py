@@ -18,6 +18,7 @@ binomial tree (small messages) or a pipelined ring (large ones).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -304,6 +305,8 @@ class Tree:
                     bucket.flat.dtype) for q in range(node.size)]
                 plan.views[par] = views
             flat, tdt = bucket.flat, bucket.torch_dtype
+            rec = self.recorder
+            t0 = time.perf_counter() if rec is not None else 0.0
             ufunc = _UFUNC.get(plan.op.name) if tdt is None else None
             if ufunc is not None and plan.fast is None and not bucket.fused \
                     and not plan.leaves[0].staged:
@@ -316,6 +319,14 @@ class Tree:
                 np.copyto(flat, views[0])
                 for q in range(1, node.size):
                     plan.op.combine(flat, views[q], tdt)
+            if rec is not None:
+                # The fold read every peer's slot: show it as one read per peer.
+                t1 = time.perf_counter()
+                world = node.world
+                for q in range(node.size):
+                    if q != node.rank:
+                        rec.record("allreduce", "read", world[q], plan.raw.nbytes, t0, t1)
+                rec.record("allreduce", "reduce", -1, plan.raw.nbytes * node.size, t0, t1)
             node.done(k)
             return node.size, 0, True, True
         node.done(k)

@@ -100,7 +100,10 @@ class Heartbeat:
         sock = ctx.socket(zmq.PUB)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 16)
-        enc = wire.Encoder(job_id=self.job_id, rank=self.rank)
+        # Its own source: the rank's Publisher numbers its messages separately, and a shared
+        # source would make consumers count the other's messages as lost.
+        enc = wire.Encoder(job_id=self.job_id, rank=self.rank,
+                           source=f"{wire.default_source()}/heartbeat")
         try:
             sock.connect(self.address)
             while not self._stop.is_set():
