@@ -63,9 +63,8 @@ class NodeExchange:
             same on every node (leaders combine piece by piece), and fit a staging slot.
         small_limit: messages up to this size take the one-round path.
         cma_bytes: with ``cma``, messages at least this large are read from the peers'
-            buffers; smaller ones (still in cache) go through the staging slots, where a
-            plain copy beats a system call per chunk. Both limits must be the same on every
-            node.
+            buffers; others go through the staging slots in cache-sized pieces. Both
+            limits must be the same on every node.
     """
 
     def __init__(self, arena: Arena, transport: str, recorder: Recorder | None,

@@ -137,11 +137,12 @@ class Tree:
         # the same way and leaders combine matching pieces.
         s = self.settings
         widest = max(len(r) for r in topo.node_ranks)
-        piece = max(4096, s.shm_bytes // widest // 4096 * 4096)
+        piece = max(4096, min(s.piece_bytes, s.shm_bytes // widest) // 4096 * 4096)
         # Each rank folds every slot on the one-round path: shrink it on wide nodes.
         small_limit = s.small_bytes if widest <= 2 else max(16 * 1024,
                                                               s.small_bytes * 2 // widest)
-        cma_bytes = 0 if wanted == "cma" else s.cma_bytes
+        # Direct peer reads: always when asked for, in auto mode only from cma_bytes up.
+        cma_bytes = 0 if wanted == "cma" else (s.cma_bytes or 1 << 62)
         self._node = NodeExchange(arena, self.transport, None, node_world, piece,
                                   small_limit, cma_bytes)
         self._plans = PlanCache()
