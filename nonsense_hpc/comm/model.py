@@ -8,7 +8,8 @@ Terms (seconds):
 * ``alpha_net`` and ``beta_net``: latency per message and time per byte between nodes.
 
 The model follows the algorithms the Tree runs: one round for small messages on a node,
-reduce-scatter plus allgather (three rounds) for large ones; across nodes, the leaders'
+staged pieces with reduce-scatter plus allgather (three rounds each) for large ones;
+across nodes, the leaders'
 binomial tree (small) or pipelined ring (large); then a node-wide read of the leader's
 result. :meth:`CostModel.calibrate` fits the node terms from ``nonsense-hpc bench
 allreduce`` output (the Tree's times and the memcpy column); the network terms default to
@@ -18,7 +19,7 @@ Example:
     >>> m = CostModel(alpha_sync=2e-6, beta_mem=1e-10, gamma=1e-10, alpha_net=2e-6,
     ...               beta_net=8e-11)
     >>> round(m.allreduce(1 << 20, ranks=2, nodes=1) * 1e6)
-    163
+    268
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ class CostModel:
     gamma: float
     alpha_net: float = 2.0e-6
     beta_net: float = 1.0 / 12.5e9
-    small_bytes: int = 64 * 1024
+    small_bytes: int = 256 * 1024
+    piece_bytes: int = 2 * 1024 * 1024
 
     def intra(self, nbytes: int, ranks: int) -> float:
         """Allreduce among ``ranks`` ranks of one node."""
@@ -51,8 +53,10 @@ class CostModel:
         if nbytes <= self.small_bytes:
             # write own slot, fold every slot
             return self.alpha_sync + p * n * self.beta_mem + (p - 1) * n * self.gamma
+        # staged pieces: three rounds each; copy in and out; the fold reads in cache
+        pieces = math.ceil(n / self.piece_bytes)
         f = (p - 1) / p
-        return 3 * self.alpha_sync + 2 * f * n * self.beta_mem + f * n * self.gamma
+        return 3 * pieces * self.alpha_sync + 2 * n * self.beta_mem + f * n * self.gamma
 
     def inter(self, nbytes: int, nodes: int) -> float:
         """Allreduce among ``nodes`` node leaders."""
@@ -108,9 +112,11 @@ class CostModel:
         beta_mem = sum(t / n for n, t in big_mem) / len(big_mem)
         alpha_sync = max(1e-7, tree[0][1])
         big = [(n, t) for n, t in tree if n >= 1 << 20] or tree[-1:]
-        # large, p = 2: t = 3 alpha + n beta_mem + n/2 gamma
-        gammas = [max(0.0, (t - 3 * alpha_sync - n * beta_mem) * 2 / n) for n, t in big]
-        gamma = sum(gammas) / len(gammas)
+        piece = cls.piece_bytes
+        # large, p = 2: t = 3 alpha * pieces + 2 n beta_mem + n/2 gamma; least squares in gamma
+        rest = [(n, t - 3 * math.ceil(n / piece) * alpha_sync - 2 * n * beta_mem)
+                for n, t in big]
+        gamma = max(0.0, 2 * sum(n * r for n, r in rest) / sum(n * n for n, _ in rest))
         return cls(alpha_sync=alpha_sync, beta_mem=beta_mem, gamma=gamma, alpha_net=alpha_net,
                    beta_net=beta_net)
 
