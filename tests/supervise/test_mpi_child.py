@@ -51,3 +51,37 @@ def test_killed_mpirun_job_is_restarted_and_resumes(tmp_path, monkeypatch):
     assert counters[boundary - 1] >= 10 and counters[-1] == 60
     assert counters == sorted(counters)
     assert int(checkpoint.read_text()) == 60
+
+
+def test_supervised_training_job_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    """The main job's trainer under a supervisor: killed mid-run, it resumes, not restarts."""
+    import json
+    import subprocess
+
+    for key, value in mpi_environment(allow_root=True).items():
+        monkeypatch.setenv(key, value)
+    cli = str(Path(sys.executable).with_name("nonsense-hpc"))
+    data, out = tmp_path / "data", tmp_path / "train"
+    subprocess.run([cli, "workflow", "prepare", "--out", str(data), "--shards", "2"],
+                   check=True, capture_output=True, timeout=120)
+    argv = mpirun_command(2, [cli, "train", "--data", str(data), "--out", str(out),
+                              "--steps", "4000", "--checkpoint-every", "100",
+                              "--publish", "", "--trace-step", "0"])
+    job = ChildSpec(id="train", start=argv, restart="transient", new_session=True,
+                    shutdown=10.0)
+    events = Events()
+    ckpts = out / "checkpoints"
+    with Supervisor(children=[job], intensity=3, period=60, on_event=events.put) as sup:
+        first = sup.which_children()[0].pid
+        wait_for(lambda: ckpts.is_dir() and any(ckpts.glob("ckpt-*.pt")), timeout=120,
+                 what="a first training checkpoint")
+        os.kill(first, signal.SIGKILL)
+        assert events.wait("exit", "train").signal == "SIGKILL"
+        events.wait("restart", "train", timeout=30)
+        done = events.wait("exit", "train", timeout=300)
+        assert done.status == 0
+    result = json.loads((out / "summary.json").read_text())["result"]
+    assert result["steps"] == 4000
+    # resumed from the checkpoint: the second incarnation ran only the missing steps
+    assert result["resumed_from"] >= 100, result
+    assert result["steps_run"] == 4000 - result["resumed_from"], result
