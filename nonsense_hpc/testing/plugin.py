@@ -41,6 +41,25 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "mpi: runs under mpirun at several rank counts")
 
 
+def pytest_pycollect_makemodule(module_path: Path, parent: pytest.Collector
+                                ) -> pytest.Collector | None:
+    """Keep pytest's Python collector off ``mpi_test_*.py`` named on the command line.
+
+    Their tests need ``comm`` and run only under mpirun (:class:`MpiFile` collects them).
+    """
+    if module_path.name.startswith("mpi_test_"):
+        return _NotAModule.from_parent(parent, path=module_path)
+    return None
+
+
+class _NotAModule(pytest.File):
+    """What pytest's Python collector gets for an ``mpi_test_*.py`` file: nothing."""
+
+    def collect(self) -> Iterator[pytest.Item]:
+        """No items: :class:`MpiFile` collects this file."""
+        return iter(())
+
+
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
     if file_path.suffix == ".py" and file_path.name.startswith("mpi_test_"):
         return MpiFile.from_parent(parent, path=file_path)

@@ -48,7 +48,10 @@ def _publish_matrix(comm, who, rpn=0):
     while time.monotonic() < deadline:
         pub.event("probe")
         if rank == 0:
-            while sub.poll(10):
+            # Drain for a bounded time: other ranks publishing faster than the poll
+            # interval must not keep rank 0 from sending its own probes.
+            drain_until = time.monotonic() + 0.05
+            while time.monotonic() < drain_until and sub.poll(10):
                 msg = wire.decode(sub.recv_multipart())
                 heard.add(msg.rank)
             if heard >= expected:
