@@ -31,8 +31,13 @@ def test_killed_mpirun_job_is_restarted_and_resumes(tmp_path, monkeypatch):
     with Supervisor(children=[job], intensity=3, period=60, on_event=events.put) as sup:
         first = sup.which_children()[0].pid
         wait_for(lambda: len(_log(log)) >= 10, timeout=60, what="ten checkpointed steps")
-        ranks = [p.pid for p in list_processes() if p.sid == first and p.pid != first]
-        assert len(ranks) >= 2, "mpirun should have started two ranks in its session"
+
+        def in_session():
+            return [p.pid for p in list_processes() if p.sid == first and p.pid != first]
+
+        wait_for(lambda: len(in_session()) >= 2, timeout=30,
+                 what="mpirun's two ranks in its session")
+        ranks = in_session()
         os.kill(first, signal.SIGKILL)
         assert events.wait("exit", "job").signal == "SIGKILL"
         events.wait("restart", "job", timeout=30)
