@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from nonsense_hpc.bench.plotting import save_figure
+
 __all__ = ["DEFAULT_SIZES", "PEERS", "Row", "run_benchmark", "write_plot"]
 
 PEERS = ("tree", "native", "pickle", "gloo", "memcpy")
@@ -247,9 +249,4 @@ def write_plot(rows: list[Row], path: Path) -> None:
         ax.set_xlabel("message size (bytes)")
         ax.set_ylabel(unit)
         ax.set_title(f"allreduce {title}, {p} ranks (memcpy = one rank's copy)")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, (ax1, ax2), path)

@@ -159,6 +159,7 @@ def _plot_model(m: object, measured: dict[int, float], ranks_list: list[int],
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from nonsense_hpc.bench.plotting import save_figure
     from nonsense_hpc.comm.model import CostModel
 
     assert isinstance(m, CostModel)
@@ -173,13 +174,7 @@ def _plot_model(m: object, measured: dict[int, float], ranks_list: list[int],
                              for r in ranks_list], marker=".", label=f"{n} B")
     a2.set(xscale="log", yscale="log", xlabel="ranks", ylabel="ms",
            title=f"predicted, {ranks_per_node} ranks/node")
-    for ax in (a1, a2):
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, (a1, a2), path)
 
 
 COMMANDS = [model, topology]
