@@ -44,8 +44,6 @@ class Plan:
         ptr: data pointer of a single tensor (to validate a cached plan).
         views: per round parity, typed views of every rank's small slot.
         result: the return value, kept for repeated calls (set by the Tree).
-        fast: per parity, (own slot, every slot's typed view, ufunc) for the Tree's
-            repeated-call path, once the plan has been folded successfully.
     """
 
     obj: Any
@@ -60,7 +58,6 @@ class Plan:
     ptr: int = 0
     views: dict[int, list[Array]] = field(default_factory=dict)
     result: Any = None
-    fast: Any = None
 
     @property
     def word(self) -> int:
@@ -119,6 +116,10 @@ class PlanCache:
         if plan.ptr and value.data_ptr() != plan.ptr:
             return None
         return plan
+
+    def __contains__(self, plan: object) -> bool:
+        """Whether ``plan`` itself is the cached plan for its object."""
+        return isinstance(plan, Plan) and self._plans.get(id(plan.obj)) is plan
 
     def put(self, plan: Plan) -> None:
         """Remember a plan if it is cacheable (one small, contiguous, unfused leaf)."""

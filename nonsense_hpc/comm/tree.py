@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,7 @@ from nonsense_hpc.comm.buffers import (
     spec_text,
 )
 from nonsense_hpc.comm.collectives import allgather_obj, bcast_obj, describe_disagreement
+from nonsense_hpc.comm.fastpath import FastCache, make_fast_allreduce
 from nonsense_hpc.comm.internode import leaders_allreduce, wait_requests
 from nonsense_hpc.comm.intranode import NodeExchange
 from nonsense_hpc.comm.ops import BUILTIN_OPS, ReduceOp, resolve_op
@@ -46,7 +48,7 @@ from nonsense_hpc.comm.plan import (
     make_plan,
 )
 from nonsense_hpc.comm.recorder import Recorder
-from nonsense_hpc.comm.shm import ARRIVE, DONE, Arena, PeerReader
+from nonsense_hpc.comm.shm import Arena, PeerReader
 from nonsense_hpc.comm.topology import Topology
 from nonsense_hpc.config import Settings, get_settings
 from nonsense_hpc.errors import CollectiveError, CollectiveMismatchError, ConfigError
@@ -146,6 +148,8 @@ class Tree:
         self._node = NodeExchange(arena, self.transport, None, node_world, piece,
                                   small_limit, cma_bytes)
         self._plans = PlanCache()
+        self._fast = FastCache()
+        self._fast_entries = self._fast.entries
         self._closed = False
         if self.settings.trace:
             self.recorder = Recorder(self.rank)
@@ -162,6 +166,7 @@ class Tree:
         if self._closed:
             return
         self._closed = True
+        self._fast.clear()
         self._node.arena.free()
         self.topology.free()
         self.comm.Free()
@@ -180,6 +185,7 @@ class Tree:
     def recorder(self, value: Recorder | None) -> None:
         self._recorder = value
         self._node.recorder = value
+        self._fast.clear()  # the repeated-call path records nothing
         if value is not None:
             # Dump at exit when NONSENSE_TRACE_FILE asks for it (nonsense-hpc trace).
             from nonsense_hpc.trace.hook import register
@@ -228,62 +234,29 @@ class Tree:
         described = [(r, t) for r, (f, t) in enumerate(items) if f == FLAG_DATA]
         raise CollectiveMismatchError(describe_disagreement(what, described))
 
-    def _fast_allreduce(self, plan: Plan) -> AllreduceResult | None:
-        """A repeated small in-place allreduce on one node: one round, nothing else.
+    def _fast_mismatch(self, plan: Plan, k: int) -> AllreduceResult:
+        """Finish round ``k`` of the repeated-call path after some rank passed another value.
 
-        Returns None, without taking part in any round, when this call is not eligible;
-        the ranks then all run the general path. Eligibility depends only on this rank's
-        cached plan and on settings every rank shares, except for the plan itself: a rank
-        without a cached plan runs :meth:`_agree_one_node`, which publishes the same words
-        in the same round, so both paths interoperate.
+        Every rank saw the same words, so every rank gets here (or to the same branch of
+        :meth:`_agree_one_node`) and raises the same error, naming the ranks.
         """
         node = self._node
-        if self.recorder is not None or self.topology.nodes != 1 or node.size < 2:
-            return None
-        assert plan.fast is not None and plan.raw is not None
-        ctrl = node.arena.ctrl
-        node.seq += 1
-        k = node.seq
-        par = k & 1
-        if k > 2:
-            for i in node.done_index:
-                if ctrl[i] < k - 2:
-                    node.arena.wait(DONE, k - 2, "allreduce")
-                    break
-        mine, views, ufunc = plan.fast[par]
-        np.copyto(mine, plan.raw)
-        words = node.word_index[par]
-        word = plan.hash
-        ctrl[words[node.rank]] = word
-        ctrl[node.arrive_index[node.rank]] = k
-        for i in node.arrive_index:
-            if ctrl[i] < k:
-                node.arena.wait(ARRIVE, k, "allreduce")
-                break
-        got = [ctrl[i] for i in words]
-        if got.count(word) != len(got):
-            # Somebody passed something else: finish the round, then report it to all.
-            node.done(k)
-            data = [w for w in got if w >= 0]
-            n_err = sum(1 for w in got if w == -2)
-            return self._finish(plan, plan.obj, plan.op, None, None, len(data), n_err,
-                                len(set(data)) <= 1)
-        flat = plan.buckets[0].flat
-        ufunc(views[0], views[1], out=flat)
-        for q in range(2, len(views)):
-            ufunc(flat, views[q], out=flat)
-        ctrl[node.done_index[node.rank]] = k
-        if plan.op.name == "avg":
-            _divide(flat, len(views), None)
-        return plan.result  # type: ignore[no-any-return]
+        got = [int(node.arena.ctrl[i]) for i in node.word_index[k & 1]]
+        node.done(k)
+        data = [w for w in got if w >= 0]
+        n_err = sum(1 for w in got if w == -2)
+        return self._finish(plan, plan.obj, plan.op, None, None, len(data), n_err,
+                            len(set(data)) <= 1)
 
-    def _fast_slots(self, plan: Plan, parity: int, ufunc: Any) -> tuple[Array, list[Array], Any]:
-        """This rank's slot, every rank's typed slot view, and the ufunc, for a parity."""
-        arena, dtype = self._node.arena, plan.buckets[0].flat.dtype
-        assert plan.raw is not None
-        n = plan.raw.nbytes
-        views = [arena.small_slot(parity, q, n).view(dtype) for q in range(arena.size)]
-        return arena.small_slot(parity, arena.rank, n), views, ufunc
+    def _remember_fast(self, plan: Plan, op: Op, ufunc: Any) -> None:
+        """After a successful fold: compile the repeated-call path for this value."""
+        if self._recorder is not None or plan.result is None:
+            return
+        flat = plan.buckets[0].flat
+        divide = partial(_divide, flat, self._node.size, None) \
+            if plan.op.name == "avg" else None
+        call = make_fast_allreduce(self._node, plan, ufunc, divide, self._fast_mismatch)
+        self._fast.put(plan.obj, op, plan.ptr, call)
 
     def _agree_one_node(self, plan: Plan) -> tuple[int, int, bool, bool]:
         """One round on a single node: one header word each, plus the data when small.
@@ -309,9 +282,6 @@ class Tree:
             rec = self.recorder
             t0 = time.perf_counter() if rec is not None else 0.0
             ufunc = _UFUNC.get(plan.op.name) if tdt is None else None
-            if ufunc is not None and plan.fast is None and not bucket.fused \
-                    and not plan.leaves[0].staged:
-                plan.fast = [self._fast_slots(plan, p, ufunc) for p in (0, 1)]
             if ufunc is not None:
                 ufunc(views[0], views[1], out=flat)
                 for q in range(2, node.size):
@@ -364,6 +334,10 @@ class Tree:
                 or ops (raised on every rank, naming them).
             CollectiveTimeoutError: a peer did not take part within the timeout.
         """
+        entry = self._fast_entries.get(id(value))
+        if entry is not None and entry[0] is value and out is None and entry[1] == op \
+                and (not entry[2] or value.data_ptr() == entry[2]):
+            return entry[3]()  # type: ignore[no-any-return]
         self._check_open()
         rop = _BUILTIN.get(op) if isinstance(op, str) else None
         if rop is None:
@@ -371,10 +345,6 @@ class Tree:
         plan = None
         if out is None and value is not None:
             plan = self._plans.get(value, rop)
-            if plan is not None and plan.fast is not None:
-                fast = self._fast_allreduce(plan)
-                if fast is not None:
-                    return fast
         if plan is None:
             # The data rides with the agreement round only for an in-place builtin op.
             small = self._node.small_limit if out is None and rop.builtin else 0
@@ -393,6 +363,10 @@ class Tree:
                         leaf.write_back()
                 if plan.result is None:
                     plan.result = AllreduceResult(n_data, value)
+                    ufunc = _UFUNC.get(rop.name) if bucket.torch_dtype is None else None
+                    if ufunc is not None and isinstance(op, str) and not bucket.fused \
+                            and not plan.leaves[0].staged and plan in self._plans:
+                        self._remember_fast(plan, op, ufunc)
                 return plan.result  # type: ignore[no-any-return]
         elif self.size == 1:
             n_data = int(plan.flag == FLAG_DATA)
