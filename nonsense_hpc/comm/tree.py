@@ -31,10 +31,12 @@ from nonsense_hpc.comm.buffers import (
     build_zeros,
     flatten,
     fuse,
+    spec_hash,
     spec_of,
     spec_text,
 )
 from nonsense_hpc.comm.collectives import allgather_obj, bcast_obj, describe_disagreement
+from nonsense_hpc.comm.cuda import direct_allreduce, direct_eligible, use_direct
 from nonsense_hpc.comm.fastpath import FastCache, make_fast_allreduce
 from nonsense_hpc.comm.internode import leaders_allreduce, wait_requests
 from nonsense_hpc.comm.intranode import NodeExchange
@@ -94,15 +96,19 @@ class Tree:
         trace: record every send, receive and reduction step in :attr:`recorder`.
         settings: a full :class:`~nonsense_hpc.config.Settings` (default: environment).
         transport: ``"auto"``, ``"cma"`` or ``"shm"`` (see Settings).
+        cuda: ``"auto"``, ``"direct"`` or ``"staged"``: how CUDA tensors are reduced (see
+            Settings and :mod:`nonsense_hpc.comm.cuda`).
 
     Raises:
-        ConfigError: a setting is invalid, or ``transport="cma"`` was asked for and the
-            kernel does not allow direct reads between the ranks.
+        ConfigError: a setting is invalid, ``transport="cma"`` was asked for and the
+            kernel does not allow direct reads between the ranks, or ``cuda="direct"`` was
+            asked for and the MPI library is not CUDA-aware.
     """
 
     def __init__(self, comm: Any = None, *, timeout: float | None = None,
                  ranks_per_node: int | None = None, trace: bool | None = None,
-                 settings: Settings | None = None, transport: str | None = None) -> None:
+                 settings: Settings | None = None, transport: str | None = None,
+                 cuda: str | None = None) -> None:
         from mpi4py import MPI
 
         base = MPI.COMM_WORLD if comm is None else comm
@@ -116,7 +122,11 @@ class Tree:
             changes["trace"] = bool(trace)
         if transport is not None:
             changes["transport"] = transport
+        if cuda is not None:
+            changes["cuda"] = cuda
         self.settings = s.replace(**changes) if changes else s
+        # Decided before any resource is taken: "direct" raises when the MPI cannot.
+        direct = use_direct("direct") if self.settings.cuda == "direct" else None
         self.comm = base.Dup()
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         self.topology = Topology.build(self.comm, self.settings.ranks_per_node)
@@ -148,6 +158,7 @@ class Tree:
         self._node = NodeExchange(arena, self.transport, None, node_world, piece,
                                   small_limit, cma_bytes)
         self._plans = PlanCache()
+        self._direct = direct
         self._fast = FastCache()
         self._fast_entries = self._fast.entries
         self._closed = False
@@ -345,6 +356,10 @@ class Tree:
         plan = None
         if out is None and value is not None:
             plan = self._plans.get(value, rop)
+        if plan is None and out is None and rop.builtin and self._direct_value(value):
+            # CUDA tensors for a CUDA-aware MPI: agree on the spec, never stage to host.
+            spec = spec_of(value)
+            plan = Plan(value, rop, FLAG_DATA, spec_hash((spec, rop.name)), spec)
         if plan is None:
             # The data rides with the agreement round only for an in-place builtin op.
             small = self._node.small_limit if out is None and rop.builtin else 0
@@ -387,9 +402,12 @@ class Tree:
             spec = next(s for s in allgather_obj(self.comm, spec, self.timeout, "allreduce")
                         if s is not None)
             value = self._zero_value(spec, rop, zero)
-            plan = make_plan(value, rop, self.settings.bucket_bytes, 0)
         elif n_data < self.size:
             allgather_obj(self.comm, spec, self.timeout, "allreduce")
+        # Every rank agreed on spec and op, so every rank takes the same path here.
+        direct = self._direct_spec(spec, rop)
+        if plan.flag == FLAG_NONE and not direct:
+            plan = make_plan(value, rop, self.settings.bucket_bytes, 0)
         target, leaves, buckets = value, plan.leaves, plan.buckets
         if out is not None:
             if spec_of(out) != spec:
@@ -398,8 +416,13 @@ class Tree:
                     f"{spec_text(spec)}")
             _copy_into(out, value)
             target = out
-            leaves = flatten(out)
-            buckets = fuse(leaves, self.settings.bucket_bytes)
+            if not direct:
+                leaves = flatten(out)
+                buckets = fuse(leaves, self.settings.bucket_bytes)
+        if direct:
+            if self.size > 1:
+                direct_allreduce(self.comm, target, rop, n_data, self.settings.bucket_bytes)
+            return AllreduceResult(n_data, target)
         if self.size > 1:
             if rop.builtin:
                 for bucket in buckets:
@@ -413,6 +436,26 @@ class Tree:
         for leaf in leaves:
             leaf.write_back()
         return AllreduceResult(n_data, target)
+
+    # -- CUDA tensors and a CUDA-aware MPI -------------------------------------------
+    def _direct_mode(self) -> bool:
+        """Whether CUDA tensors go to the MPI library directly (decided once)."""
+        if self._direct is None:
+            self._direct = use_direct(self.settings.cuda)
+        return self._direct
+
+    def _direct_value(self, value: Any) -> bool:
+        """A quick look: is ``value`` all CUDA tensors for a CUDA-aware library?"""
+        if not getattr(_first_leaf(value), "is_cuda", False):
+            return False
+        try:
+            spec = spec_of(value)
+        except TypeError:
+            return False  # the general path reports it on every rank
+        return self._direct_spec(spec, _BUILTIN["sum"])
+
+    def _direct_spec(self, spec: Any, op: ReduceOp) -> bool:
+        return spec is not None and direct_eligible(spec, op) and self._direct_mode()
 
     def _zero_value(self, spec: Any, op: ReduceOp, zero: Any) -> Any:
         value = zero() if callable(zero) else zero
@@ -592,6 +635,14 @@ class Tree:
 
 
 # -- value helpers ---------------------------------------------------------------------------
+def _first_leaf(value: Any) -> Any:
+    while isinstance(value, dict | list | tuple):
+        if not value:
+            return None
+        value = value[min(value, key=str)] if isinstance(value, dict) else value[0]
+    return value
+
+
 def _pack(leaves: list[Leaf]) -> Array:
     if not leaves:
         return np.empty(0, dtype=np.uint8)

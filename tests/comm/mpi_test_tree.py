@@ -278,3 +278,29 @@ def test_cuda_tensors_staged_through_host(comm):
     tree.allreduce(x)
     assert x.is_cuda and torch.all(x == tree.size * (tree.size + 1) / 2)
     tree.close()
+
+
+def test_cuda_tensors_direct_to_a_cuda_aware_mpi(comm):
+    from nonsense_hpc.comm.cuda import cuda_aware_mpi
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device on this machine (exercised on a lent GPU machine)")
+    if not cuda_aware_mpi():
+        pytest.skip("this MPI library is not CUDA-aware (MPIX_Query_cuda_support() is 0)")
+    tree = Tree(comm, cuda="direct")
+    p, r = tree.size, tree.rank
+    dev = f"cuda:{r % torch.cuda.device_count()}"
+    grads = {"w": torch.full((3, 5), float(r + 1), device=dev),
+             "b": torch.full((7,), r + 1, dtype=torch.int64, device=dev),
+             "big": torch.full((300_000,), 1.0, device=dev)}
+    assert tree.allreduce(grads) == p
+    assert grads["w"].is_cuda and torch.all(grads["w"] == p * (p + 1) / 2)
+    assert torch.all(grads["b"] == p * (p + 1) // 2) and torch.all(grads["big"] == p)
+    x = torch.full((4,), float(r), device=dev)
+    tree.allreduce(x, "avg")
+    assert torch.all(x == (p - 1) / 2)
+    res = tree.allreduce(None if r == 0 else torch.ones(2, device=dev))
+    assert res == p - 1
+    if p > 1:
+        assert res.value.is_cuda and torch.all(res.value == p - 1)
+    tree.close()
