@@ -255,9 +255,17 @@ class NodeExchange:
         parity = k & 1
         if k > 2:
             arena.wait(DONE, k - 2, "allreduce")  # header words of this parity are free
+        blocks = block_bounds(flat.size, p)
+        lo, hi = blocks[r]
         if staged:
             # Slots are free: every rank passed the END wait of the previous large round.
-            np.copyto(arena.stage_slot(r, flat.nbytes).view(flat.dtype), flat)
+            # Publish only the blocks the peers fold; block r is folded here from flat,
+            # and its slot region receives the reduced block before anyone reads it.
+            slot = arena.stage_slot(r, flat.nbytes).view(flat.dtype)
+            if lo > 0:
+                np.copyto(slot[:lo], flat[:lo])
+            if hi < flat.size:
+                np.copyto(slot[hi:], flat[hi:])
         else:
             arena.set_header(parity, F_ADDR, int(flat.ctypes.data))
         arena.set_header(parity, F_NBYTES, flat.nbytes)
@@ -265,8 +273,6 @@ class NodeExchange:
         arena.wait(ARRIVE, k, "allreduce")
         if not staged:
             self._addr = [arena.get_header(q, parity, F_ADDR) for q in range(p)]
-        blocks = block_bounds(flat.size, p)
-        lo, hi = blocks[r]
         chunk = max(1, CHUNK_BYTES // item)
         tmp_a = self._tmp[:CHUNK_BYTES]
         tmp_b = self._tmp[CHUNK_BYTES:]

