@@ -19,13 +19,24 @@ mistaken for structure:
     bytes / bytearray           {"$bytes": buffer index}
     numpy array / scalar        {"$nd": index, "dtype": descr, "shape": [...], "scalar": b}
     torch tensor                {"$torch": index, "dtype": "float32", "shape": [...],
-                                "device": "cpu" | "cuda:0"}
+                                "device": "cpu" | "cuda:0"}; a CUDA tensor also says
+                                "transport": "host" (staged through host memory)
+    CUDA tensor by CUDA IPC     {"$cuda_ipc": {handle fields}, "dtype": ..., "shape": ...,
+                                "device": "cuda:0", "transport": "cuda_ipc"}
+                                (see :mod:`nonsense_hpc.ipc.cuda_ipc`)
+
+A *control* frame (flag bit 1 in the prefix) carries no value: its header is a JSON
+object for the connection itself (hello, ack, nack; see
+:mod:`nonsense_hpc.ipc.handshake`). It has no buffers and at most
+:data:`MAX_CONTROL_BYTES` of header.
 
 Tensors and arrays of any dtype and shape are accepted; non-contiguous ones are made
 contiguous (the only copy), contiguous CPU ones are sent straight from their memory. The
 dtype names follow :mod:`nonsense_hpc.wire` (numpy names, ``bfloat16``) so a tensor
 descriptor reads the same everywhere in the package. CUDA tensors are staged through the
-host and land on the same device index when the receiver has it (else on the CPU).
+host and land on the same device index when the receiver has it (else on the CPU), unless
+``encode`` gets a ``cuda`` hook that sends them as CUDA IPC handles (only ``ipc.server`` /
+``ipc.client`` connections pass one, after their hello; see docs/ipc.md).
 
 :func:`encode` walks the whole value first and raises :class:`TypeError` for anything it
 cannot carry, so nothing is ever sent half-way. :func:`read_frame` validates everything it
@@ -47,18 +58,27 @@ import struct
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nonsense_hpc.errors import WireError
 
+if TYPE_CHECKING:
+    from nonsense_hpc.ipc.cuda_ipc import CudaExport
+
 __all__ = [
+    "CONTROL",
+    "FLAG_CONTROL",
     "MAGIC",
+    "MAX_CONTROL_BYTES",
     "MAX_HEADER_BYTES",
+    "PREFIX",
     "Encoded",
+    "control_frame",
     "decode",
     "encode",
     "frame_buffers",
     "from_bytes",
+    "parse_control",
     "read_frame",
     "to_bytes",
 ]
@@ -68,6 +88,11 @@ MAX_HEADER_BYTES = 64 * 1024**2
 MAX_BUFFERS = 1 << 20
 MAX_DEPTH = 200
 _PREFIX = struct.Struct("<4sIII")
+PREFIX = _PREFIX
+FLAG_CONTROL = 1
+MAX_CONTROL_BYTES = 64 * 1024
+CONTROL: Any = type("ControlFrame", (), {"__repr__": lambda self: "CONTROL"})()
+"""What :func:`read_frame` returns for a control frame (after ``on_control`` saw it)."""
 _KEY_SCALARS = (str, int, float, bool, type(None), bytes)
 
 
@@ -93,10 +118,12 @@ class Encoded:
 
 
 class _Encoder:
-    def __init__(self) -> None:
+    def __init__(self, cuda: CudaExport | None = None) -> None:
         self.buffers: list[memoryview] = []
         self.keep: list[Any] = []
         self.path: set[int] = set()
+        self.cuda = cuda
+        self.cuda_nodes: list[tuple[dict[str, Any], Any]] = []
 
     def add(self, view: memoryview, owner: Any) -> int:
         self.buffers.append(view)
@@ -169,6 +196,14 @@ class _Encoder:
                             f"(strided) tensors can be sent; call .to_dense() first")
         if value.is_quantized or value.device.type == "meta":
             raise TypeError(f"quantized or meta torch tensor at {where}")
+        if value.device.type == "cuda" and self.cuda is not None and value.numel():
+            node = {"dtype": str(value.dtype).removeprefix("torch."),
+                    "shape": list(value.shape), "device": str(value.device)}
+            self.cuda_nodes.append((node, value))  # exported after the walk succeeded
+            return node
+        return self.stage(value, torch)
+
+    def stage(self, value: Any, torch: Any) -> dict[str, Any]:
         device = str(value.device)
         t = value.detach()
         if t.device.type != "cpu":
@@ -180,8 +215,23 @@ class _Encoder:
             t = t.resolve_neg()
         dtype = str(t.dtype).removeprefix("torch.")
         flat = t.reshape(-1).view(torch.uint8) if t.numel() else torch.empty(0, dtype=torch.uint8)
-        return {"$torch": self.add(memoryview(flat.numpy()), t), "dtype": dtype,
+        node = {"$torch": self.add(memoryview(flat.numpy()), t), "dtype": dtype,
                 "shape": list(t.shape), "device": device}
+        if value.device.type != "cpu":
+            node["transport"] = "host"
+        return node
+
+    def export_cuda(self) -> None:
+        if not self.cuda_nodes or self.cuda is None:
+            return
+        import torch
+
+        descriptors = self.cuda.export([t for _, t in self.cuda_nodes])
+        for (node, t), desc in zip(self.cuda_nodes, descriptors, strict=True):
+            if desc is None:
+                node.update(self.stage(t, torch))
+            else:
+                node.update({"$cuda_ipc": desc, "transport": "cuda_ipc"})
 
 
 def _check_key(key: Any, where: str) -> None:
@@ -197,12 +247,14 @@ def _check_key(key: Any, where: str) -> None:
                     f"int, float, bool, None, bytes or tuples of these")
 
 
-def encode(value: Any) -> Encoded:
+def encode(value: Any, *, cuda: CudaExport | None = None) -> Encoded:
     """Encode a value; nothing is sent, so an unsupported value fails here, before any I/O.
 
     Args:
         value: None, bool, int, float, str, bytes, list, tuple, dict, numpy array or scalar,
             torch tensor, nested freely.
+        cuda: sends non-empty CUDA tensors as CUDA IPC handles where it says so (None:
+            every CUDA tensor is staged through host memory).
 
     Returns:
         The header and the buffers.
@@ -211,13 +263,43 @@ def encode(value: Any) -> Encoded:
         TypeError: the value (or something inside it) cannot be carried; the message
             names where (``value['key'][2]``).
     """
-    enc = _Encoder()
+    enc = _Encoder(cuda)
     tree = enc.walk(value, 0, "value")
-    header = json.dumps(tree, separators=(",", ":"), allow_nan=False).encode()
-    if len(header) > MAX_HEADER_BYTES:
-        raise TypeError(f"value structure encodes to {len(header)} bytes of header, more "
-                        f"than {MAX_HEADER_BYTES}; put bulk data in arrays or bytes")
+    enc.export_cuda()
+    try:
+        header = json.dumps(tree, separators=(",", ":"), allow_nan=False).encode()
+        if len(header) > MAX_HEADER_BYTES:
+            raise TypeError(f"value structure encodes to {len(header)} bytes of header, more "
+                            f"than {MAX_HEADER_BYTES}; put bulk data in arrays or bytes")
+    except BaseException:
+        if enc.cuda_nodes and cuda is not None:
+            cuda.cancel()
+        raise
     return Encoded(header, enc.buffers, enc.keep)
+
+
+def control_frame(message: dict[str, Any]) -> bytes:
+    """One control frame (no value, no buffers) carrying ``message`` as its JSON header."""
+    header = json.dumps(message, separators=(",", ":"), allow_nan=False).encode()
+    if len(header) > MAX_CONTROL_BYTES:
+        raise ValueError(f"control message of {len(header)} bytes is larger than "
+                         f"{MAX_CONTROL_BYTES}")
+    return _PREFIX.pack(MAGIC, len(header), 0, FLAG_CONTROL) + header
+
+
+def parse_control(header: bytes) -> dict[str, Any]:
+    """Parse the header of a control frame.
+
+    Raises:
+        WireError: not a JSON object.
+    """
+    try:
+        message = json.loads(header)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise WireError(f"control frame is not UTF-8 JSON: {exc}") from None
+    if not isinstance(message, dict):
+        raise WireError(f"control frame must hold a JSON object, got {message!r:.80}")
+    return message
 
 
 def frame_buffers(enc: Encoded) -> list[memoryview]:
@@ -228,24 +310,39 @@ def frame_buffers(enc: Encoded) -> list[memoryview]:
 
 
 def read_frame(readinto: Callable[[memoryview], None], *,
-               max_bytes: int | None = None) -> Any:
+               max_bytes: int | None = None,
+               cuda_import: Callable[[dict[str, Any]], Any] | None = None,
+               on_control: Callable[[dict[str, Any]], None] | None = None) -> Any:
     """Read one frame through ``readinto`` and decode it.
 
     Args:
         readinto: fills the given writable view completely (or raises).
         max_bytes: refuse frames whose buffers total more than this (None: no limit).
+        cuda_import: opens a ``$cuda_ipc`` node (None: such a node is a WireError).
+        on_control: takes the message of a control frame (None: a control frame is a
+            WireError).
 
     Returns:
         The decoded value; tensors and arrays own the memory they were read into.
+        :data:`CONTROL` for a control frame.
 
     Raises:
         WireError: bad magic, oversized or malformed header.
     """
     prefix = bytearray(_PREFIX.size)
     readinto(memoryview(prefix))
-    magic, hlen, nbuf, _flags = _PREFIX.unpack(prefix)
+    magic, hlen, nbuf, flags = _PREFIX.unpack(prefix)
     if magic != MAGIC:
         raise WireError(f"not an ipc frame: magic {bytes(magic)!r}, expected {MAGIC!r}")
+    if flags & FLAG_CONTROL:
+        if on_control is None:
+            raise WireError("unexpected control frame on a connection without a handshake")
+        if nbuf or hlen > MAX_CONTROL_BYTES:
+            raise WireError(f"control frame with {nbuf} buffers and {hlen} header bytes")
+        header = bytearray(hlen)
+        readinto(memoryview(header))
+        on_control(parse_control(bytes(header)))
+        return CONTROL
     if hlen > MAX_HEADER_BYTES or nbuf > MAX_BUFFERS:
         raise WireError(f"frame header of {hlen} bytes with {nbuf} buffers is too large")
     lens_raw = bytearray(8 * nbuf + hlen)
@@ -261,7 +358,7 @@ def read_frame(readinto: Callable[[memoryview], None], *,
         if n:
             readinto(memoryview(buf))  # type: ignore[arg-type]
         buffers.append(buf)
-    return decode(bytes(lens_raw[8 * nbuf:]), buffers)
+    return decode(bytes(lens_raw[8 * nbuf:]), buffers, cuda_import=cuda_import)
 
 
 def to_bytes(value: Any) -> bytes:
@@ -292,12 +389,15 @@ def from_bytes(data: Any) -> Any:
     return value
 
 
-def decode(header: bytes, buffers: Sequence[Any]) -> Any:
+def decode(header: bytes, buffers: Sequence[Any], *,
+           cuda_import: Callable[[dict[str, Any]], Any] | None = None) -> Any:
     """Rebuild a value from its header and buffers (the inverse of :func:`encode`).
 
     Args:
         header: the JSON header.
         buffers: the raw buffers in order (numpy uint8 arrays are used without copying).
+        cuda_import: opens a ``$cuda_ipc`` node into a tensor (None: such a node is a
+            WireError: only a connection that negotiated CUDA IPC may carry one).
 
     Raises:
         WireError: the header is malformed or does not match the buffers.
@@ -307,14 +407,16 @@ def decode(header: bytes, buffers: Sequence[Any]) -> Any:
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise WireError(f"ipc header is not UTF-8 JSON: {exc}") from None
     try:
-        return _Decoder(buffers).walk(tree)
+        return _Decoder(buffers, cuda_import).walk(tree)
     except RecursionError:
         raise WireError("ipc header nested too deeply") from None
 
 
 class _Decoder:
-    def __init__(self, buffers: Sequence[Any]) -> None:
+    def __init__(self, buffers: Sequence[Any],
+                 cuda_import: Callable[[dict[str, Any]], Any] | None = None) -> None:
         self.buffers = buffers
+        self.cuda_import = cuda_import
 
     def buffer(self, index: Any) -> Any:
         if not isinstance(index, int) or isinstance(index, bool) or not (
@@ -353,6 +455,11 @@ class _Decoder:
             return self.ndarray(node)
         if "$torch" in node:
             return self.tensor(node)
+        if "$cuda_ipc" in node:
+            if self.cuda_import is None:
+                raise WireError("a CUDA IPC handle arrived on a channel that did not "
+                                "negotiate CUDA IPC (only ipc.server/ipc.client connections do)")
+            return self.cuda_import(node)
         raise WireError(f"unknown tag in ipc header: {sorted(node)}")
 
     def ndarray(self, node: dict[str, Any]) -> Any:

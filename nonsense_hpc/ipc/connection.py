@@ -5,6 +5,12 @@ holds for each connected client. Messages are frames of :mod:`nonsense_hpc.ipc.c
 tensors are written straight from their memory with ``sendmsg`` (scatter-gather, no
 copy into an intermediate bytes object) and read straight into the memory of the tensor
 that is returned.
+
+A connection made with ``cuda_ipc=True`` or ``False`` (what ``ipc.server`` and
+``ipc.client`` do) first sends a hello control frame (:mod:`nonsense_hpc.ipc.handshake`)
+and then carries CUDA tensors as CUDA IPC handles where the peer's hello allows it
+(:mod:`nonsense_hpc.ipc.cuda_ipc`). Control frames (hello, ack, nack) are consumed inside
+``send``, ``recv``, ``poll`` and :meth:`Connection.flush`; the caller only sees values.
 """
 
 from __future__ import annotations
@@ -12,15 +18,20 @@ from __future__ import annotations
 import select
 import socket
 import threading
+import time
 from typing import Any
 
 from nonsense_hpc.errors import WireError
-from nonsense_hpc.ipc import codec
+from nonsense_hpc.ipc import codec, handshake
+from nonsense_hpc.ipc import cuda_ipc as _cuda
+from nonsense_hpc.ipc.handshake import Hello, Transport
 
-__all__ = ["Connection", "send_views"]
+__all__ = ["HELLO_WAIT", "Connection", "send_views"]
 
 _IOV_MAX = 512
 _READ_AHEAD = 256 * 1024
+HELLO_WAIT = 5.0
+"""Seconds a first CUDA send waits for the peer's hello before staging through the host."""
 
 
 def send_views(sock: socket.socket, views: list[memoryview]) -> None:
@@ -50,13 +61,27 @@ class Connection:
         sock: a connected stream socket (the connection owns it from now on).
         peer: a printable name of the peer, for error messages.
         id: a number the owner gives the connection (servers number clients from 1).
+        cuda_ipc: None: a plain stream (no hello; CUDA tensors staged through the host).
+            True or False: send a hello now, saying whether this end takes CUDA IPC
+            (True still needs ``NONSENSE_CUDA_IPC`` unset or true, torch imported and a
+            GPU; see :func:`~nonsense_hpc.ipc.handshake.local_hello`).
+        same_process: the peer is known to be this process (no CUDA IPC, no hello wait).
 
     Attributes:
         id: the connection's number (0 for a client's own connection).
         peer: who is on the other end.
+        hello: this end's hello (None for a plain stream).
+        peer_hello: the peer's hello once it arrived.
+        stats: counts of CUDA tensors by transport: ``cuda_ipc_sent``, ``cuda_ipc_acked``,
+            ``cuda_staged_sent``, ``cuda_ipc_received``.
+        last_transport: how the last CUDA tensor sent went, and why.
+
+    Raises:
+        ConfigError: ``NONSENSE_CUDA_IPC`` has an invalid value.
     """
 
-    def __init__(self, sock: socket.socket, peer: str = "", id: int = 0) -> None:
+    def __init__(self, sock: socket.socket, peer: str = "", id: int = 0, *,
+                 cuda_ipc: bool | None = None, same_process: bool = False) -> None:
         self.sock = sock
         self.peer = peer or _peer_name(sock)
         self.id = id
@@ -67,9 +92,25 @@ class Connection:
         self._rview = memoryview(self._rbuf)
         self._rpos = 0
         self._rend = 0
+        self._eof = False
+        self.stats = {"cuda_ipc_sent": 0, "cuda_ipc_acked": 0, "cuda_staged_sent": 0,
+                      "cuda_ipc_received": 0}
+        self.hello: Hello | None = None
+        self.peer_hello: Hello | None = None
+        self.last_transport: Transport | None = None
+        self._hello_seen = threading.Event()
+        self._hello_waited = same_process
+        self._same_process = same_process
+        self._exporter = _cuda.Exporter(self.stats)
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.settimeout(None)
+        if cuda_ipc is not None:
+            self.hello = handshake.local_hello(cuda_ipc)
+            try:
+                self.sock.sendall(codec.control_frame({"hello": self.hello.to_json()}))
+            except OSError:
+                pass  # the peer is already gone: the first recv or send says so
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
@@ -98,7 +139,15 @@ class Connection:
             TimeoutError: the peer did not read within ``timeout``; the connection is
                 closed, since a partly written message cannot be taken back.
         """
-        enc = codec.encode(value)
+        self._check_open()
+        hook = None
+        if self.hello is not None:
+            self._drain()  # acks and the peer's hello already at the front of the stream
+            hook = self._exporter.frame(lambda: self._decide(timeout))
+        enc = codec.encode(value, cuda=hook)
+        self._send_frame(enc, timeout)
+
+    def _send_frame(self, enc: codec.Encoded, timeout: float | None) -> None:
         self._check_open()
         with self._send_lock:
             self.sock.settimeout(timeout)
@@ -118,13 +167,47 @@ class Connection:
         """
         return self._rpos < self._rend
 
+    def message_ready(self) -> bool:
+        """Whether a message (or the end of stream) can be read now, without blocking.
+
+        Control frames at the front of the stream (hello, acks) are consumed first, so a
+        peer that only said hello is not "ready". Never blocks.
+        """
+        if self.closed:
+            return False
+        if not self._recv_lock.acquire(blocking=False):
+            return True  # another thread is reading; let recv sort it out
+        try:
+            self._drain_locked()
+            return self._front() is not None
+        finally:
+            self._recv_lock.release()
+
     def poll(self, timeout: float | None = 0.0) -> bool:
         """Whether a message (or the peer's end of stream) is ready to be read."""
         self._check_open()
-        if self._rpos < self._rend:
-            return True
-        ready, _, _ = select.select([self.sock], [], [], timeout)
-        return bool(ready)
+        with self._recv_lock:
+            return self._wait_message_locked(timeout)
+
+    def _wait_message_locked(self, timeout: float | None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self.hello is None:
+                if self._rpos < self._rend or self._eof:
+                    return True
+            else:
+                self._drain_locked()
+                if self._front() is not None:
+                    return True
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            ready, _, _ = select.select([self.sock], [], [], left)
+            if not ready and left is not None:
+                return False
+            if self.hello is None:
+                return True
+            self._fill_nowait()
 
     def recv(self, *, timeout: float | None = None) -> Any:
         """Receive one value.
@@ -141,21 +224,38 @@ class Connection:
         """
         self._check_open()
         with self._recv_lock:
-            if timeout is not None and not self.poll(timeout):
-                raise TimeoutError(f"no message from {self.peer} within {timeout} s")
-            self.sock.settimeout(timeout)
-            started = False
+            while True:
+                if timeout is not None and not self._wait_message_locked(timeout):
+                    raise TimeoutError(f"no message from {self.peer} within {timeout} s")
+                value = self._read_frame_locked(timeout)
+                if value is not codec.CONTROL:
+                    return value
 
-            def readinto(view: memoryview) -> None:
-                nonlocal started
-                self._readinto(view, started)
-                started = True
+    def _read_frame_locked(self, timeout: float | None) -> Any:
+        self.sock.settimeout(timeout)
+        started = False
 
-            try:
-                return codec.read_frame(readinto)
-            except (WireError, ConnectionError, TimeoutError, OSError):
-                self.close()
-                raise
+        def readinto(view: memoryview) -> None:
+            nonlocal started
+            self._readinto(view, started)
+            started = True
+
+        imp = None
+        if self.hello is not None:
+            imp = _cuda.FrameImport(self._check_import, self.stats, self.peer)
+        try:
+            value = codec.read_frame(
+                readinto, cuda_import=imp,
+                on_control=None if self.hello is None else self._on_control)
+        except _cuda.CudaIpcError as exc:
+            self._reply(imp, str(exc))
+            raise  # the frame was read to its end: the stream stays usable
+        except (WireError, ConnectionError, TimeoutError, OSError) as exc:
+            self._reply(imp, f"{type(exc).__name__}: {exc}")
+            self.close()
+            raise
+        self._reply(imp)
+        return value
 
     def _readinto(self, view: memoryview, started: bool) -> None:
         """Fill ``view`` from the read-ahead buffer, then the socket.
@@ -171,6 +271,8 @@ class Connection:
                 view[got:got + n] = self._rview[self._rpos:self._rpos + n]
                 self._rpos += n
                 got += n
+            elif self._eof:
+                _recv_some(_ClosedSocket(), self._rview, self.peer, started or got > 0)
             elif total - got >= _READ_AHEAD // 2:
                 _recv_exact(self.sock, view[got:], self.peer, started or got > 0)
                 return
@@ -179,11 +281,224 @@ class Connection:
                 self._rend = _recv_some(self.sock, self._rview, self.peer,
                                         started or got > 0)
 
+    # --- handshake, acks and CUDA IPC ------------------------------------------------------
+    def cuda_transport(self) -> Transport:
+        """How a CUDA tensor sent now would travel, and why (reads pending control frames).
+
+        Returns:
+            ``Transport("cuda_ipc")`` or ``Transport("host", reason)``.
+        """
+        self._drain()
+        return self._choose()
+
+    def _choose(self) -> Transport:
+        if self.hello is None:
+            return Transport("host", "a plain stream without a hello (not ipc.server/client)")
+        if self._same_process:
+            return Transport("host", "the peer is this process (CUDA IPC needs two processes)")
+        return handshake.choose_transport(
+            self.hello, self.peer_hello, disabled=self._exporter.disabled,
+            pending_bytes=self._exporter.pending_bytes, pending_limit=_cuda.PENDING_LIMIT)
+
+    def _decide(self, timeout: float | None) -> bool:
+        """Called by the encoder for a frame with CUDA tensors: export them or not."""
+        if self.hello is not None and self.hello.cuda_ipc and self.peer_hello is None:
+            self.wait_hello(HELLO_WAIT if timeout is None else min(HELLO_WAIT, timeout))
+        self.last_transport = self._choose()
+        return self.last_transport.name == "cuda_ipc"
+
+    def wait_hello(self, timeout: float) -> Hello | None:
+        """Wait up to ``timeout`` s for the peer's hello (the first frame it sends).
+
+        Only the first wait on a connection waits; later calls just look. Returns None when
+        the peer sent none (not an ipc peer, or it has not accepted the connection yet).
+        """
+        if self.hello is None or self._hello_waited:
+            self._drain()
+            return self.peer_hello
+        deadline = time.monotonic() + timeout
+        while self.peer_hello is None and not self.closed:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            if not self._recv_lock.acquire(blocking=False):
+                self._hello_seen.wait(min(left, 0.05))  # a reader thread will see it
+                continue
+            try:
+                self._drain_locked()
+                if self.peer_hello is not None or self._front() is not None:
+                    break  # a value came first: this peer sends no hello
+                ready, _, _ = select.select([self.sock], [], [], left)
+                if ready:
+                    self._fill_nowait()
+            finally:
+                self._recv_lock.release()
+        self._hello_waited = True
+        return self.peer_hello
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait until the peer acknowledged every CUDA IPC handle sent on this connection.
+
+        Raises:
+            TimeoutError: frames are still unacknowledged after ``timeout`` seconds (the
+                peer is not reading, or values it sent are in front of its acks).
+        """
+        deadline = time.monotonic() + timeout
+        while self._exporter.pending and not self.closed:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{len(self._exporter.pending)} CUDA IPC frames sent to "
+                                   f"{self.peer} are not acknowledged after {timeout} s")
+            with self._recv_lock:
+                self._drain_locked()
+                if self._exporter.pending and self._front() is None:
+                    ready, _, _ = select.select([self.sock], [], [], left)
+                    if ready:
+                        self._fill_nowait()
+                elif self._exporter.pending:
+                    raise TimeoutError(f"a value from {self.peer} is in front of its acks: "
+                                       f"recv it first")
+
+    @property
+    def pending(self) -> int:
+        """CUDA IPC frames sent and not acknowledged yet."""
+        return len(self._exporter.pending)
+
+    def _check_import(self) -> None:
+        """Refuse a CUDA IPC handle this end cannot or must not open."""
+        peer, me = self.peer_hello, self.hello
+        if me is None or peer is None:
+            raise _cuda.CudaIpcError(f"{self.peer} sent a CUDA IPC handle before its hello")
+        if peer.host != me.host or peer.pid == me.pid:
+            raise _cuda.CudaIpcError(
+                f"{self.peer} sent a CUDA IPC handle but is not another process of this "
+                f"host (its host identity {peer.host!r}, ours {me.host!r})")
+        if not me.cuda_ipc:
+            raise _cuda.CudaIpcError(
+                f"{self.peer} sent a CUDA IPC handle but this process does not take CUDA "
+                f"IPC: {me.reason}")
+
+    def _on_control(self, message: dict[str, Any]) -> None:
+        if "hello" in message:
+            self.peer_hello = Hello.from_json(message["hello"])
+            self._hello_seen.set()
+        if "ack" in message:
+            seq = message["ack"]
+            if not isinstance(seq, int) or isinstance(seq, bool):
+                raise WireError(f"malformed ack {seq!r:.60}")
+            self._exporter.ack(seq)
+        if "nack" in message:
+            nack = message["nack"]
+            seq = nack.get("frame") if isinstance(nack, dict) else None
+            released = nack.get("released") if isinstance(nack, dict) else None
+            if (not isinstance(seq, int) or not isinstance(released, list)
+                    or not all(isinstance(i, int) for i in released)):
+                raise WireError(f"malformed nack {nack!r:.120}")
+            self._exporter.nack(seq, released)
+            self._exporter.disabled = (f"the peer could not use a CUDA IPC handle: "
+                                       f"{str(nack.get('error', ''))[:300]}")
+
+    def _reply(self, imp: _cuda.FrameImport | None, error: str = "") -> None:
+        """Send the ack (or nack) of the CUDA IPC frames just read."""
+        if imp is None or not imp.frames or self.closed:
+            return
+        try:
+            with self._send_lock:
+                self.sock.settimeout(30.0)
+                for message in imp.replies(error):
+                    self.sock.sendall(codec.control_frame(message))
+        except OSError:
+            pass  # the sender is gone; its handles die with it
+
+    def _drain(self) -> None:
+        """Consume the control frames at the front of the stream, without blocking."""
+        if self.hello is None or self.closed:
+            return
+        if self._recv_lock.acquire(blocking=False):
+            try:
+                self._drain_locked()
+            finally:
+                self._recv_lock.release()
+
+    def _drain_locked(self) -> None:
+        while not self.closed:
+            front = self._front()
+            if front is True:
+                return  # a value (or garbage, or the end) is next: recv deals with it
+            if front is None:
+                if not self._fill_nowait():
+                    return
+                continue
+            # front is False: a complete control frame is at the front
+            _, hlen, _, _ = codec.PREFIX.unpack_from(self._rbuf, self._rpos)
+            start = self._rpos + codec.PREFIX.size
+            header = bytes(self._rbuf[start:start + hlen])
+            self._rpos = start + hlen
+            try:
+                self._on_control(codec.parse_control(header))
+            except WireError:
+                self.close()
+                raise
+
+    def _front(self) -> bool | None:
+        """What is at the front of the read-ahead buffer.
+
+        True: a value frame (or bytes that are no frame, or the end of stream): recv must
+        read it. False: a complete control frame. None: nothing, or too little to tell.
+        """
+        avail = self._rend - self._rpos
+        if avail < codec.PREFIX.size:
+            return True if self._eof else None
+        magic, hlen, nbuf, flags = codec.PREFIX.unpack_from(self._rbuf, self._rpos)
+        if magic != codec.MAGIC or not flags & codec.FLAG_CONTROL or nbuf or (
+                hlen > codec.MAX_CONTROL_BYTES):
+            return True
+        if avail < codec.PREFIX.size + hlen:
+            return True if self._eof else None
+        return False
+
+    def _fill_nowait(self) -> bool:
+        """Read what the socket has now into the read-ahead buffer; False if nothing."""
+        if self._eof or self.closed:
+            return False
+        if self._rpos == self._rend:
+            self._rpos = self._rend = 0
+        elif self._rend == len(self._rbuf):
+            n = self._rend - self._rpos
+            self._rbuf[:n] = self._rbuf[self._rpos:self._rend]
+            self._rpos, self._rend = 0, n
+        ready, _, _ = select.select([self.sock], [], [], 0)
+        if not ready:
+            return False
+        try:
+            n = self.sock.recv_into(self._rview[self._rend:])
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            n = 0
+        if n == 0:
+            self._eof = True
+            return False
+        self._rend += n
+        return True
+
     def close(self) -> None:
-        """Close the connection (idempotent); the peer's next ``recv`` fails."""
+        """Close the connection (idempotent); the peer's next ``recv`` fails.
+
+        Unacknowledged CUDA IPC snapshots are dropped here; torch keeps each alive until
+        the peer released it (see :mod:`nonsense_hpc.ipc.cuda_ipc`).
+        """
         if self.closed:
             return
+        if self._exporter.pending and self._recv_lock.acquire(blocking=False):
+            try:
+                self._drain_locked()  # acks that already arrived free their snapshots now
+            except (WireError, OSError):
+                pass
+            finally:
+                self._recv_lock.release()
         self.closed = True
+        self._exporter.close()
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -211,9 +526,9 @@ def _recv_exact(sock: socket.socket, view: memoryview, peer: str, started: bool)
         got += n
 
 
-def _recv_some(sock: socket.socket, view: memoryview, peer: str, started: bool) -> int:
+def _recv_some(sock: Any, view: memoryview, peer: str, started: bool) -> int:
     try:
-        n = sock.recv_into(view)
+        n: int = sock.recv_into(view)
     except TimeoutError:
         raise TimeoutError(f"message from {peer} stalled after it started; "
                            f"connection closed") from None
@@ -222,6 +537,14 @@ def _recv_some(sock: socket.socket, view: memoryview, peer: str, started: bool) 
             raise ConnectionResetError(f"{peer} closed the connection")
         raise WireError(f"{peer} closed the connection in the middle of a message")
     return n
+
+
+class _ClosedSocket:
+    """Stands for a socket whose end of stream was already seen by a non-blocking read."""
+
+    def recv_into(self, view: memoryview) -> int:
+        """Report the end of stream."""
+        return 0
 
 
 def _peer_name(sock: socket.socket) -> str:

@@ -13,6 +13,11 @@ Example (the seed's README, in Python)::
 A server accepts clients lazily, inside its own calls (``clients``, ``recv_any``,
 ``broadcast``, ...), so there is no background thread and nothing to shut down but the
 sockets. Every wait takes a ``timeout``.
+
+Both ends send a hello first (:mod:`nonsense_hpc.ipc.handshake`); between two processes of
+one host that both have CUDA, CUDA tensors then travel as CUDA IPC handles instead of
+through host memory (:mod:`nonsense_hpc.ipc.cuda_ipc`). ``cuda_ipc=False`` or
+``NONSENSE_CUDA_IPC=0`` opts out.
 """
 
 from __future__ import annotations
@@ -23,9 +28,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from nonsense_hpc.ipc import codec, handshake
 from nonsense_hpc.ipc.connection import Connection
 
 __all__ = ["Server", "client", "server"]
+
+_LISTENING: set[tuple[str, int]] = set()  # (address, port) of this process's servers
 
 
 class Server:
@@ -35,19 +43,30 @@ class Server:
         host: address to listen on ("127.0.0.1", "0.0.0.0", a host name).
         port: TCP port; 0 picks a free one (read it back from :attr:`port`).
         backlog: connections the kernel queues before they are accepted.
+        cuda_ipc: send and take CUDA tensors as CUDA IPC handles with clients on this
+            host that allow it (False: always through host memory).
 
     Attributes:
         host: the address listened on.
         port: the port listened on.
+        cuda_ipc: the ``cuda_ipc`` option.
+
+    Raises:
+        ConfigError: ``NONSENSE_CUDA_IPC`` has an invalid value.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, backlog: int = 128) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, backlog: int = 128,
+                 cuda_ipc: bool = True) -> None:
         if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port < 65536:
             raise ValueError(f"port must be an int in 0..65535, got {port!r}")
+        handshake.env_cuda_ipc()  # a bad NONSENSE_CUDA_IPC fails here, not at accept
+        self.cuda_ipc = bool(cuda_ipc)
         self._listener = socket.create_server((host, port), backlog=backlog)
         self._listener.setblocking(False)
         self.host: str = self._listener.getsockname()[0]
         self.port: int = self._listener.getsockname()[1]
+        self._address = (self.host, self.port)
+        _LISTENING.add(self._address)
         self._conns: list[Connection] = []
         self._next_id = 1
         self._rr = 0
@@ -87,7 +106,7 @@ class Server:
         except BlockingIOError:
             return None
         conn = Connection(sock, f"client #{self._next_id} ({addr[0]}:{addr[1]})",
-                          self._next_id)
+                          self._next_id, cuda_ipc=self.cuda_ipc)
         self._next_id += 1
         self._conns.append(conn)
         return conn
@@ -155,26 +174,25 @@ class Server:
     def broadcast(self, value: Any, *, timeout: float | None = None) -> int:
         """Send a value to every connected client; the value is encoded once.
 
+        CUDA tensors are staged through the host once for all clients, except for clients
+        that take CUDA IPC: they get their own handles.
+
         Returns:
             How many clients it was sent to.
 
         Raises:
             TypeError: the value cannot be sent (nothing is written to anybody).
         """
-        from nonsense_hpc.ipc import codec
-        from nonsense_hpc.ipc.connection import send_views
-
-        enc = codec.encode(value)
+        probe = _CudaProbe()
+        enc = codec.encode(value, cuda=probe)
         self._accept_pending()
         conns = self.connections
         for conn in conns:
-            with conn._send_lock:
-                conn.sock.settimeout(timeout)
-                try:
-                    send_views(conn.sock, codec.frame_buffers(enc))
-                except OSError as exc:
-                    conn.close()
-                    raise ConnectionError(f"broadcast to {conn.peer} failed: {exc}") from exc
+            if probe.count and conn.cuda_transport().name == "cuda_ipc":
+                conn.send(value, timeout=timeout)
+                continue
+            conn.stats["cuda_staged_sent"] += probe.count
+            conn._send_frame(enc, timeout)
         return len(conns)
 
     def recv_any(self, *, timeout: float | None = None,
@@ -201,10 +219,11 @@ class Server:
             for conn in self._conns:
                 sel.register(conn.sock, selectors.EVENT_READ, conn)
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            ready = [c for c in self._conns if c.buffered()]  # read ahead already
+            ready = [c for c in self._conns if c.buffered() and c.message_ready()]
             try:
-                if not ready:
-                    ready = [key.data for key, _ in sel.select(left) if key.data is not None]
+                if not ready:  # only what is more than control frames (hello, acks)
+                    ready = [key.data for key, _ in sel.select(left)
+                             if key.data is not None and key.data.message_ready()]
             finally:
                 sel.close()
             if ready:
@@ -230,6 +249,7 @@ class Server:
             conn.close()
         self._conns.clear()
         self._listener.close()
+        _LISTENING.discard(self._address)
 
     def _prune(self) -> None:
         self._conns = [c for c in self._conns if not c.closed]
@@ -239,8 +259,26 @@ class Server:
             raise ConnectionError(f"server {self.host}:{self.port} is closed")
 
 
-def server(host: str = "127.0.0.1", port: int = 0, *, backlog: int = 128) -> Server:
+class _CudaProbe:
+    """A codec hook that stages every CUDA tensor and counts them."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def export(self, tensors: list[Any]) -> list[dict[str, Any] | None]:
+        self.count += len(tensors)
+        return [None] * len(tensors)
+
+    def cancel(self) -> None:
+        pass
+
+
+def server(host: str = "127.0.0.1", port: int = 0, *, backlog: int = 128,
+           cuda_ipc: bool = True) -> Server:
     """Listen for clients on ``host:port`` (torch-ipc's ``ipc.server``).
+
+    ``cuda_ipc=False`` sends and takes CUDA tensors through host memory only; by default
+    they travel as CUDA IPC handles to and from clients on this host that allow it.
 
     Example:
         >>> from nonsense_hpc import ipc
@@ -249,28 +287,50 @@ def server(host: str = "127.0.0.1", port: int = 0, *, backlog: int = 128) -> Ser
         ...     srv.recv_any()
         {'x': [1, 2.5, None]}
     """
-    return Server(host, port, backlog=backlog)
+    return Server(host, port, backlog=backlog, cuda_ipc=cuda_ipc)
 
 
-def client(host: str = "127.0.0.1", port: int = 0, *, timeout: float = 30.0) -> Connection:
+def client(host: str = "127.0.0.1", port: int = 0, *, timeout: float = 30.0,
+           cuda_ipc: bool = True) -> Connection:
     """Connect to a server (torch-ipc's ``ipc.client``), retrying until ``timeout``.
 
     Retrying lets a client start before its server is listening.
 
+    Args:
+        host: the server's address.
+        port: the server's port.
+        timeout: seconds to keep trying.
+        cuda_ipc: send and take CUDA tensors as CUDA IPC handles when the server is
+            another process on this host that allows it (False: through host memory).
+
     Raises:
         ConnectionError: no server accepted within ``timeout`` seconds.
+        ConfigError: ``NONSENSE_CUDA_IPC`` has an invalid value.
     """
     if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
         raise ValueError(f"port must be an int in 1..65535, got {port!r}")
+    handshake.env_cuda_ipc()
     deadline = time.monotonic() + timeout
     delay = 0.01
     while True:
         try:
             sock = socket.create_connection((host, port), timeout=max(0.1, timeout))
-            return Connection(sock, f"server {host}:{port}")
+            return Connection(sock, f"server {host}:{port}", cuda_ipc=cuda_ipc,
+                              same_process=_is_own_server(sock))
         except OSError as exc:
             if time.monotonic() + delay > deadline:
                 raise ConnectionError(f"cannot connect to {host}:{port} within {timeout} s: "
                                       f"{exc}") from exc
             time.sleep(delay)  # back off before the next attempt (server not up yet)
             delay = min(delay * 2, 0.5)
+
+
+def _is_own_server(sock: socket.socket) -> bool:
+    """Whether ``sock`` is connected to a server of this very process."""
+    try:
+        peer, port = sock.getpeername()[:2]
+        local = sock.getsockname()[0]
+    except OSError:
+        return False
+    return any(p == port and (a == peer or (a in ("0.0.0.0", "::") and peer == local))
+               for a, p in _LISTENING)
