@@ -76,24 +76,36 @@ class Leaf:
             np.copyto(self.obj, self.flat.reshape(self.obj.shape))
 
 
+def _dtype_name(dtype: Any) -> str:
+    name = _DTYPE_NAMES.get(dtype)
+    if name is None:
+        name = _DTYPE_NAMES[dtype] = str(dtype).removeprefix("torch.")
+    return name
+
+
+_DTYPE_NAMES: dict[Any, str] = {}
+
+
 def _leaf_of(obj: Any, path: str) -> Leaf:
     if _is_tensor(obj):
-        torch = _torch()
-        name = str(obj.dtype).removeprefix("torch.")
+        name = _dtype_name(obj.dtype)
         if name not in SUPPORTED_DTYPES:
             raise TypeError(f"{path}: tensor dtype {name} is not supported; "
                             f"supported: {', '.join(SUPPORTED_DTYPES)}")
-        t = obj.detach()
-        staged = t.device.type != "cpu" or not t.is_contiguous()
+        t = obj.detach() if obj.requires_grad else obj
+        staged = not t.is_cpu or not t.is_contiguous()
         if staged:
-            pin = t.device.type == "cuda"
+            torch = _torch()
+            pin = t.is_cuda
             host = torch.empty(t.shape, dtype=t.dtype, pin_memory=pin)
             host.copy_(t)
             t = host
-        half = name in ("float16", "bfloat16")
-        view = t.reshape(-1)
-        flat = view.view(torch.int16).numpy().view(np.uint16) if half else view.numpy()
-        return Leaf(obj, flat, name, t.dtype if half else None, staged)
+        if name in ("float16", "bfloat16"):
+            torch = _torch()
+            flat = t.view(torch.int16).numpy().view(np.uint16).reshape(-1)
+            return Leaf(obj, flat, name, t.dtype, staged)
+        # numpy's reshape of a contiguous array is a view, and cheaper than torch's
+        return Leaf(obj, t.numpy().reshape(-1), name, None, staged)
     if isinstance(obj, np.ndarray):
         name = obj.dtype.name
         if name not in SUPPORTED_DTYPES:
@@ -115,6 +127,8 @@ def flatten(value: Any, path: str = "value") -> list[Leaf]:
     Raises:
         TypeError: a leaf is not a tensor or array, or has an unsupported dtype.
     """
+    if not isinstance(value, dict | list | tuple):
+        return [_leaf_of(value, path)]
     return list(_walk(value, path))
 
 
@@ -140,8 +154,8 @@ def spec_of(value: Any) -> Spec:
     if isinstance(value, list | tuple):
         return (type(value).__name__, tuple(spec_of(v) for v in value))
     if _is_tensor(value):
-        return ("torch", str(value.dtype).removeprefix("torch."), tuple(value.shape),
-                value.device.type)
+        return ("torch", _dtype_name(value.dtype), tuple(value.shape),
+                "cpu" if value.is_cpu else value.device.type)
     if isinstance(value, np.ndarray):
         return ("numpy", value.dtype.name, tuple(value.shape), "cpu")
     raise TypeError(f"a collective takes torch tensors, numpy arrays, or dicts, lists and "
@@ -150,8 +164,16 @@ def spec_of(value: Any) -> Spec:
 
 def spec_hash(spec: Spec) -> int:
     """A 62-bit hash of a spec, equal on every process (Python's hash() is salted)."""
-    digest = hashlib.blake2b(repr(spec).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 2
+    value = _HASHES.get(spec)
+    if value is None:
+        digest = hashlib.blake2b(repr(spec).encode(), digest_size=8).digest()
+        value = int.from_bytes(digest, "little") >> 2
+        if len(_HASHES) < 4096:  # specs of a program are few; memo them
+            _HASHES[spec] = value
+    return value
+
+
+_HASHES: dict[Spec, int] = {}
 
 
 def spec_text(spec: Spec) -> str:

@@ -44,8 +44,7 @@ def make_fast_allreduce(node: NodeExchange, plan: Plan, ufunc: Any,
         A function of no arguments that runs one allreduce and returns ``plan.result``.
     """
     arena = node.arena
-    # Python ints through a memoryview: a third of numpy scalar indexing's cost.
-    ctrl = memoryview(arena.ctrl)
+    ctrl = arena.ctrl  # a memoryview: Python ints, a third of numpy scalar indexing's cost
     rank, size = node.rank, node.size
     assert plan.raw is not None
     nbytes = plan.raw.nbytes

@@ -42,7 +42,6 @@ class Plan:
         raw: uint8 view of the single bucket when it is small enough to travel with the
             agreement check, else None.
         ptr: data pointer of a single tensor (to validate a cached plan).
-        views: per round parity, typed views of every rank's small slot.
         result: the return value, kept for repeated calls (set by the Tree).
     """
 
@@ -56,7 +55,6 @@ class Plan:
     buckets: list[Bucket] = field(default_factory=list)
     raw: Array | None = None
     ptr: int = 0
-    views: dict[int, list[Array]] = field(default_factory=dict)
     result: Any = None
 
     @property
@@ -88,7 +86,10 @@ def make_plan(value: Any, op: ReduceOp, bucket_bytes: int, small_bytes: int) -> 
         leaves = flatten(value)
     except TypeError as exc:
         return Plan(value, op, FLAG_ERROR, error=str(exc))
-    buckets = fuse(leaves, bucket_bytes)
+    if len(leaves) == 1:  # one tensor: its own bucket, whatever its size
+        buckets = [Bucket(leaves, leaves[0].flat, False)]
+    else:
+        buckets = fuse(leaves, bucket_bytes)
     raw = None
     if len(buckets) == 1 and buckets[0].flat.nbytes <= small_bytes:
         raw = buckets[0].flat.view(np.uint8)

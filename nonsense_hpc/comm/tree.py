@@ -158,6 +158,8 @@ class Tree:
         self._node = NodeExchange(arena, self.transport, None, node_world, piece,
                                   small_limit, cma_bytes)
         self._plans = PlanCache()
+        # Typed views of every rank's small slot, by (parity, bytes, dtype).
+        self._slot_views: dict[tuple[int, int, Any], list[Array]] = {}
         self._direct = direct
         self._fast = FastCache()
         self._fast_entries = self._fast.entries
@@ -284,11 +286,14 @@ class Tree:
         mine = plan.word
         if mine >= 0 and plan.raw is not None and all(w == mine for w in words):
             bucket = plan.buckets[0]
-            views = plan.views.get(par)
+            key = (par, plan.raw.nbytes, bucket.flat.dtype)
+            views = self._slot_views.get(key)
             if views is None:
                 views = [node.arena.small_slot(par, q, plan.raw.nbytes).view(
                     bucket.flat.dtype) for q in range(node.size)]
-                plan.views[par] = views
+                if len(self._slot_views) >= 256:
+                    self._slot_views.clear()
+                self._slot_views[key] = views
             flat, tdt = bucket.flat, bucket.torch_dtype
             rec = self.recorder
             t0 = time.perf_counter() if rec is not None else 0.0
@@ -378,9 +383,13 @@ class Tree:
                         leaf.write_back()
                 if plan.result is None:
                     plan.result = AllreduceResult(n_data, value)
-                    ufunc = _UFUNC.get(rop.name) if bucket.torch_dtype is None else None
-                    if ufunc is not None and isinstance(op, str) and not bucket.fused \
-                            and not plan.leaves[0].staged and plan in self._plans:
+                elif isinstance(op, str) and bucket.torch_dtype is None \
+                        and not bucket.fused and not plan.leaves[0].staged \
+                        and plan in self._plans:
+                    # The second call with this tensor: worth compiling the repeated path
+                    # (a tensor made fresh every step never gets here).
+                    ufunc = _UFUNC.get(rop.name)
+                    if ufunc is not None:
                         self._remember_fast(plan, op, ufunc)
                 return plan.result  # type: ignore[no-any-return]
         elif self.size == 1:

@@ -54,6 +54,28 @@ def test_large_tensor_every_step_gets_fresh_sums(comm):
     tree.close()
 
 
+def test_fresh_tensors_parameters_and_zero_dim_values(comm):
+    # a loss scalar made fresh every step, a model parameter, a 0-d tensor, a view
+    tree = Tree(comm)
+    p, r = tree.size, tree.rank
+    for step in range(5):
+        loss = torch.tensor([float(r + step)])
+        tree.allreduce(loss, "avg")
+        assert loss.item() == (p - 1) / 2 + step
+    w = torch.nn.Parameter(torch.full((3,), float(r + 1)))
+    tree.allreduce(w)
+    assert w.requires_grad and torch.all(w.detach() == p * (p + 1) / 2)
+    s = torch.tensor(float(r))
+    tree.allreduce(s, "max")
+    assert s.shape == () and s.item() == p - 1
+    base = torch.zeros(4, 6)
+    base[:, 1:3] = float(r)
+    col = base[:, 1:3]  # not contiguous: staged and written back
+    tree.allreduce(col)
+    assert torch.all(base[:, 1:3] == p * (p - 1) / 2) and torch.all(base[:, 0] == 0)
+    tree.close()
+
+
 def test_avg_and_min_repeated(comm):
     tree = Tree(comm)
     p, r = tree.size, tree.rank
