@@ -5,11 +5,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 EXPECT = {
     "ipc_client_server.py": ["hi 7 torch.Size([4, 3])"],
+    # Without a GPU the example says it skipped; with one it checks the values it got.
+    "ipc_cuda.py": ["ipc_cuda: skipped" if not torch.cuda.is_available() else "values match"],
     "ipc_map.py": ["tensor([1., 1., 1.]) tensor([2., 2., 2.]) tensor([3., 3., 3.])"],
     "ipc_workqueue.py": ["tensor([[1., 1.],", "tensor([[3., 3.],"],
     "parallel_api.py": ["arg1", "{'id': 1, 'parent': 0, 'args': ['arg1', 2]}"],
