@@ -9,7 +9,8 @@ Each compares against named peers in one run, prints ratios and writes JSON to
   each with a spawned echo process. Messages/s and GB/s count both directions.
 * ``ipc``: a client sends tensors to a server in another process over TCP loopback; the
   peer is a raw socket ``sendall`` of the same bytes into ``recv_into`` (the wire
-  limit, no framing or encoding).
+  limit, no framing or encoding). With a GPU, CUDA tensors too: CUDA IPC handles against
+  host staging (the receiver sets ``NONSENSE_CUDA_IPC=0``); skipped without one.
 * ``map``: 1000 small tasks on 2 workers, processes started inside the timing:
   ``ipc.map`` + ``ipc.workqueue`` (one item per task, as in the seed's example) and
   ``ipc.map`` with a static split, against ``concurrent.futures.ProcessPoolExecutor``.
@@ -65,6 +66,26 @@ def tcp_ipc_sink(port: int, count: int, mapid: int) -> int:
         for _ in range(count):
             total += int(conn.recv(timeout=120).nbytes)
         conn.send(total)
+    return total
+
+
+def cuda_ipc_sink(port: int, count: int, env: str, mapid: int) -> int:
+    """``bench ipc`` CUDA receiver (``env``: its NONSENSE_CUDA_IPC); replies the bytes."""
+    import torch  # before connecting, so this process takes CUDA IPC
+
+    from nonsense_hpc import ipc
+
+    if env:
+        os.environ["NONSENSE_CUDA_IPC"] = env
+    total = 0
+    with ipc.client("127.0.0.1", port) as conn:
+        conn.recv(timeout=120)
+        conn.send("ready")
+        for _ in range(count):
+            total += int(conn.recv(timeout=120).nbytes)
+        torch.cuda.synchronize()
+        conn.send(total)
+        conn.recv(timeout=120)  # "done"
     return total
 
 
@@ -232,14 +253,55 @@ def _tcp_case(nbytes: int, count: int) -> list[dict[str, Any]]:
     return rows
 
 
+def _cuda_case(nbytes: int, count: int) -> list[dict[str, Any]]:
+    import torch
+
+    from nonsense_hpc import ipc
+
+    tensor = torch.randn(nbytes // 4, device="cuda")
+    rows = []
+    for label, env in (("CUDA IPC", ""), ("host staging", "0")):
+        with ipc.server("127.0.0.1", 0) as srv:
+            job = ipc.map(1, cuda_ipc_sink, srv.port, count, env)
+            conn = srv.clients(1, timeout=60)[0]
+            srv.send(tensor, conn)
+            srv.recv(conn, timeout=120)
+            t0 = time.perf_counter()
+            for _ in range(count):
+                srv.send(tensor, conn)
+            total = srv.recv(conn, timeout=120)
+            dt = time.perf_counter() - t0
+            transport = conn.last_transport
+            srv.send("done", conn)
+            job.join(timeout=60)
+        rows.append(_rate(f"ipc cuda tensor, {label}", count, nbytes, dt) | {
+            "received": total, "transport": transport.name if transport else "",
+            "reason": transport.reason if transport else ""})
+    rows[0]["vs_staged"] = rows[0]["gb_per_s"] / rows[1]["gb_per_s"]
+    return rows
+
+
 def run_ipc(sizes: tuple[int, ...] = (4096, 1024**2, 16 * 1024**2),
-            total_bytes: int = 512 * 1024**2) -> dict[str, Any]:
-    """Client-server tensor throughput over TCP loopback against raw ``sendall``."""
+            total_bytes: int = 512 * 1024**2,
+            cuda_sizes: tuple[int, ...] = (1024**2, 64 * 1024**2),
+            cuda_total_bytes: int = 2 * 1024**3) -> dict[str, Any]:
+    """Client-server tensor throughput over TCP loopback against raw ``sendall``.
+
+    With a GPU, also CUDA tensors by CUDA IPC against host staging.
+    """
+    import torch
+
     cases = []
     for nbytes in sizes:
         count = max(20, min(20000, total_bytes // nbytes))
         cases.append({"bytes": nbytes, "count": count, "rows": _tcp_case(nbytes, count)})
-    return {"cases": cases}
+    cuda: dict[str, Any] = {"skipped": "torch.cuda.is_available() is False"}
+    if torch.cuda.is_available():
+        cuda = {"device": torch.cuda.get_device_name(0), "cases": [
+            {"bytes": n, "count": max(10, min(2000, cuda_total_bytes // n)),
+             "rows": _cuda_case(n, max(10, min(2000, cuda_total_bytes // n)))}
+            for n in cuda_sizes]}
+    return {"cases": cases, "cuda": cuda}
 
 
 def _time(fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -322,6 +384,14 @@ def _show_ipc(r: dict[str, Any]) -> None:
         print(f"  {case['bytes']:>9} B x {case['count']:<6} ipc {a['gb_per_s']:.3f} GB/s "
               f"({a['messages_per_s']:.0f} msg/s)  raw sendall {b['gb_per_s']:.3f} GB/s  "
               f"ipc/raw = {a['vs_raw']:.2f}")
+    cuda = r.get("cuda", {})
+    if "skipped" in cuda:
+        print(f"CUDA tensors: skipped ({cuda['skipped']})")
+    for case in cuda.get("cases", []):
+        a, b = case["rows"]
+        print(f"  CUDA {case['bytes']:>9} B x {case['count']:<5} CUDA IPC {a['gb_per_s']:.3f} "
+              f"GB/s [{a['transport']}]  host staging {b['gb_per_s']:.3f} GB/s "
+              f"[{b['transport']}]  ipc/staged = {a['vs_staged']:.2f}")
 
 
 def _show_map(r: dict[str, Any]) -> None:
@@ -357,9 +427,11 @@ bench_parallel = _command(
 bench_ipc = _command(
     "ipc",
     "ipc client-server tensor throughput over TCP loopback vs a raw socket sendall of "
-    "the same bytes (4 KiB, 1 MiB, 16 MiB tensors).\n\n"
+    "the same bytes (4 KiB, 1 MiB, 16 MiB tensors); with a GPU also CUDA tensors (1 MiB, "
+    "64 MiB) by CUDA IPC vs host staging, skipped without one.\n\n"
     "Example: nonsense-hpc bench ipc",
-    run_ipc, _show_ipc, {"sizes": (4096, 1024**2), "total_bytes": 8 * 1024**2})
+    run_ipc, _show_ipc, {"sizes": (4096, 1024**2), "total_bytes": 8 * 1024**2,
+                         "cuda_sizes": (1024**2,), "cuda_total_bytes": 16 * 1024**2})
 bench_map = _command(
     "map",
     "ipc.map (+ workqueue) running 1000 small tasks on 2 workers vs "

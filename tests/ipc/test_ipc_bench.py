@@ -25,6 +25,14 @@ def test_bench_quick_writes_json(name, tmp_path, capsys):
             ours, raw = case["rows"]
             assert ours["received"] == raw["received"] == case["bytes"] * case["count"]
         assert "ipc/raw" in out
+        cuda = result["cuda"]
+        if "skipped" in cuda:  # no GPU: said so, in the JSON and on screen
+            assert "CUDA tensors: skipped" in out
+        else:
+            for case in cuda["cases"]:
+                ipc_row, staged = case["rows"]
+                assert ipc_row["transport"] == "cuda_ipc" and staged["transport"] == "host"
+                assert ipc_row["received"] == staged["received"] == case["bytes"] * case["count"]
     else:
         assert any("ProcessPoolExecutor" in r["peer"] for r in result["rows"])
         assert "vs pool" in out
