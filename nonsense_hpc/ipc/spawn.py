@@ -68,9 +68,11 @@ def describe_target(fn: Callable[..., Any] | str) -> dict[str, Any]:
     main_path: str | None = None
     if module in ("__main__", "__mp_main__"):
         main_file = getattr(sys.modules.get(module), "__file__", None)
-        if not isinstance(main_file, str):
-            raise TypeError(f"{qualname} is defined in an interactive session; a clean "
-                            f"interpreter cannot import it: put it in a module")
+        # python -c, a script piped on stdin, a notebook: no file the child can run
+        if not isinstance(main_file, str) or not os.path.isfile(main_file):
+            raise TypeError(f"{qualname} is defined in an interactive session, stdin or "
+                            f"python -c; a clean interpreter cannot import it: put it in a "
+                            f"module or a script file")
         main_path = os.path.abspath(main_file)
     return {"module": module, "qualname": qualname, "main_path": main_path}
 

@@ -109,3 +109,16 @@ def test_check_errors_does_not_wait():
     job = ipc.map(1, sleepy, 30)
     job.check_errors()  # returns at once: nothing failed yet
     job.terminate()
+
+
+def test_function_from_stdin_is_refused_with_a_clear_error():
+    import subprocess
+
+    code = ("from nonsense_hpc import ipc\n"
+            "def f(a, mapid):\n    return a\n"
+            "try:\n    ipc.map(2, f, 1)\n"
+            "except TypeError as exc:\n    print('refused:', exc)\n")
+    out = subprocess.run([sys.executable, "-"], input=code, capture_output=True, text=True,
+                         timeout=60)
+    assert "refused: f is defined in an interactive session, stdin or python -c" in out.stdout, \
+        out.stdout + out.stderr
