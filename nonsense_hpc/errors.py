@@ -15,6 +15,7 @@ __all__ = [
     "CollectiveTimeoutError",
     "ConfigError",
     "ContainerError",
+    "CudaIpcError",
     "DeviceError",
     "NonsenseError",
     "RemoteError",
@@ -97,3 +98,11 @@ class ClusterTimeoutError(ClusterError, TimeoutError):
 
 class ContainerError(NonsenseError, RuntimeError):
     """A container runtime is missing, or building or running an image failed."""
+
+
+class CudaIpcError(NonsenseError, RuntimeError):
+    """A CUDA IPC handle could not be opened or was refused; the message says why.
+
+    The frame that carried it was read completely, so the connection stays usable; the
+    sender was told (a nack) and stages its next CUDA tensors through the host.
+    """

@@ -49,7 +49,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from nonsense_hpc.errors import NonsenseError, WireError
+from nonsense_hpc.errors import CudaIpcError, WireError
 
 __all__ = [
     "PENDING_LIMIT",
@@ -66,14 +66,6 @@ REF_COUNTER_SLOTS = 10000  # torch::CUDA_IPC_REF_COUNTER_FILE_SIZE
 _REF_COUNTER = re.compile(r"/torch_[A-Za-z0-9_]{1,200}")
 _MAX_HANDLE = 1024
 _MAX_INT = 1 << 62
-
-
-class CudaIpcError(NonsenseError, RuntimeError):
-    """A CUDA IPC handle could not be opened or was refused; the message says why.
-
-    The frame that carried it was read completely, so the connection stays usable; the
-    sender was told (a nack) and stages its next CUDA tensors through the host.
-    """
 
 
 class CudaExport(Protocol):
