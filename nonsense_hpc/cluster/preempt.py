@@ -11,6 +11,9 @@ program then
 3. exits (status 0) when the job was requeued; Slurm restarts it and the program resumes
    from its checkpoint. Past the bound it keeps running, so the time limit ends it.
 
+Exiting at once is safe: ``scontrol requeue`` returns only after slurmctld has marked the
+job pending (completing), and it ignores the status the old batch script reports then.
+
 The same signal sent by hand (``scancel --batch --signal=USR1 JOBID``) preempts a job.
 
 Example:
