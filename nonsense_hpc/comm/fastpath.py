@@ -66,7 +66,7 @@ def make_fast_allreduce(node: NodeExchange, plan: Plan, ufunc: Any,
     word = plan.hash
     result = plan.result
     wait = arena.wait
-    spin = range(_SPINS)
+    spin = range(_SPINS if arena.spins else 0)
 
     last = -1
 

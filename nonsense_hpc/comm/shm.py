@@ -43,6 +43,14 @@ F_PID = 15
 _ALIGN = 4096
 
 
+def _cores() -> set[int]:
+    """CPUs this process may run on (its affinity mask, else all of the machine's)."""
+    try:
+        return set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return set(range(os.cpu_count() or 1))
+
+
 def _round_up(n: int, align: int = _ALIGN) -> int:
     return (n + align - 1) // align * align
 
@@ -81,6 +89,11 @@ class Arena:
         self._small_base = ctrl_bytes
         self._stage_base = ctrl_bytes + _round_up(small_total)
         self.base_address = int(self._mem.ctypes.data)
+        # More ranks than cores on this node (the union of the ranks' affinity masks: a
+        # launcher binds each rank to one core): a spinning rank would hold the core a
+        # peer needs to make progress, so waits yield the CPU from the first miss.
+        cores = set().union(*node.allgather(_cores()))
+        self.spins = 0 if p > len(cores) else 64
         node.Barrier()
         self.set(F_PID, os.getpid())
 
@@ -126,7 +139,7 @@ class Arena:
             if not todo:
                 return
             spins += 1
-            if spins < 64:
+            if spins < self.spins:
                 continue
             if spins < 2048:
                 os.sched_yield()
