@@ -8,7 +8,8 @@ Terms (seconds):
 * ``alpha_net`` and ``beta_net``: latency per message and time per byte between nodes.
 
 The model follows the algorithms the Tree runs: one round for small messages on a node,
-staged pieces with reduce-scatter plus allgather (three rounds each) for large ones;
+an agreement round then staged pieces with reduce-scatter plus allgather (three rounds
+each) for large ones;
 across nodes, the leaders'
 binomial tree (small) or pipelined ring (large); then a node-wide read of the leader's
 result. :meth:`CostModel.calibrate` fits the node terms from ``nonsense-hpc bench
@@ -19,7 +20,7 @@ Example:
     >>> m = CostModel(alpha_sync=2e-6, beta_mem=1e-10, gamma=1e-10, alpha_net=2e-6,
     ...               beta_net=8e-11)
     >>> round(m.allreduce(1 << 20, ranks=2, nodes=1) * 1e6)
-    268
+    165
 """
 
 from __future__ import annotations
@@ -53,10 +54,13 @@ class CostModel:
         if nbytes <= self.small_bytes:
             # write own slot, fold every slot
             return self.alpha_sync + p * n * self.beta_mem + (p - 1) * n * self.gamma
-        # staged pieces: three rounds each; copy in and out; the fold reads in cache
+        # one agreement round, then staged pieces of three rounds each: every rank
+        # publishes the (p-1)/p of its data the peers fold, folds its own block (the
+        # peers' reads are in gamma) and copies the (p-1)/p it did not fold back out
         pieces = math.ceil(n / self.piece_bytes)
         f = (p - 1) / p
-        return 3 * pieces * self.alpha_sync + 2 * n * self.beta_mem + f * n * self.gamma
+        return (1 + 3 * pieces) * self.alpha_sync + 2 * f * n * self.beta_mem \
+            + f * n * self.gamma
 
     def inter(self, nbytes: int, nodes: int) -> float:
         """Allreduce among ``nodes`` node leaders."""
@@ -111,12 +115,15 @@ class CostModel:
         big_mem = [(n, t) for n, t in mem if n >= 1 << 20] or mem[-1:]
         beta_mem = sum(t / n for n, t in big_mem) / len(big_mem)
         alpha_sync = max(1e-7, tree[0][1])
-        big = [(n, t) for n, t in tree if n >= 1 << 20] or tree[-1:]
-        piece = cls.piece_bytes
-        # large, p = 2: t = 3 alpha * pieces + 2 n beta_mem + n/2 gamma; least squares in gamma
-        rest = [(n, t - 3 * math.ceil(n / piece) * alpha_sync - 2 * n * beta_mem)
-                for n, t in big]
-        gamma = max(0.0, 2 * sum(n * r for n, r in rest) / sum(n * n for n, _ in rest))
+        # gamma: the value whose predictions are closest to every measured size in ratio
+        # (least squares of log(predicted / measured)), so in-cache and out-of-cache
+        # sizes weigh alike; a grid over 1 TB/s .. 10 MB/s is plenty for three digits
+        def misfit(g: float) -> float:
+            m = cls(alpha_sync=alpha_sync, beta_mem=beta_mem, gamma=g)
+            return sum(math.log(m.intra(n, 2) / t) ** 2 for n, t in tree if t > 0)
+
+        grid = [10.0 ** (-12 + 5 * i / 2000) for i in range(2001)]
+        gamma = min(grid, key=misfit)
         return cls(alpha_sync=alpha_sync, beta_mem=beta_mem, gamma=gamma, alpha_net=alpha_net,
                    beta_net=beta_net)
 
