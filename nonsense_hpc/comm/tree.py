@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from nonsense_hpc.comm import rooted
 from nonsense_hpc.comm.buffers import (
     Leaf,
     build_zeros,
@@ -35,7 +36,7 @@ from nonsense_hpc.comm.buffers import (
     spec_of,
     spec_text,
 )
-from nonsense_hpc.comm.collectives import allgather_obj, bcast_obj, describe_disagreement
+from nonsense_hpc.comm.collectives import allgather_obj, describe_disagreement
 from nonsense_hpc.comm.cuda import direct_allreduce, direct_eligible, use_direct
 from nonsense_hpc.comm.fastpath import FastCache, make_fast_allreduce
 from nonsense_hpc.comm.internode import leaders_allreduce, wait_requests
@@ -52,6 +53,15 @@ from nonsense_hpc.comm.plan import (
 from nonsense_hpc.comm.recorder import Recorder
 from nonsense_hpc.comm.shm import Arena, PeerReader
 from nonsense_hpc.comm.topology import Topology
+from nonsense_hpc.comm.values import (
+    as_user,
+    clone,
+    copy_into,
+    divide,
+    first_leaf,
+    identity_bits,
+    user_bytes,
+)
 from nonsense_hpc.config import Settings, get_settings
 from nonsense_hpc.errors import CollectiveError, CollectiveMismatchError, ConfigError
 
@@ -266,9 +276,9 @@ class Tree:
         if self._recorder is not None or plan.result is None:
             return
         flat = plan.buckets[0].flat
-        divide = partial(_divide, flat, self._node.size, None) \
+        after = partial(divide, flat, self._node.size, None) \
             if plan.op.name == "avg" else None
-        call = make_fast_allreduce(self._node, plan, ufunc, divide, self._fast_mismatch)
+        call = make_fast_allreduce(self._node, plan, ufunc, after, self._fast_mismatch)
         self._fast.put(plan.obj, op, plan.ptr, call)
 
     def _agree_one_node(self, plan: Plan) -> tuple[int, int, bool, bool]:
@@ -376,7 +386,7 @@ class Tree:
             if folded:
                 bucket = plan.buckets[0]
                 if rop.name == "avg":
-                    _divide(bucket.flat, n_data, bucket.torch_dtype)
+                    divide(bucket.flat, n_data, bucket.torch_dtype)
                 if bucket.fused or plan.leaves[0].staged:
                     bucket.unpack()
                     for leaf in plan.leaves:
@@ -423,7 +433,7 @@ class Tree:
                 raise CollectiveMismatchError(
                     f"allreduce: out= has {spec_text(spec_of(out))} but the value is "
                     f"{spec_text(spec)}")
-            _copy_into(out, value)
+            copy_into(out, value)
             target = out
             if not direct:
                 leaves = flatten(out)
@@ -440,7 +450,7 @@ class Tree:
                 self._callable_allreduce(leaves, rop)
         for bucket in buckets:
             if rop.name == "avg":
-                _divide(bucket.flat, n_data, bucket.torch_dtype)
+                divide(bucket.flat, n_data, bucket.torch_dtype)
             bucket.unpack()
         for leaf in leaves:
             leaf.write_back()
@@ -455,7 +465,7 @@ class Tree:
 
     def _direct_value(self, value: Any) -> bool:
         """A quick look: is ``value`` all CUDA tensors for a CUDA-aware library?"""
-        if not getattr(_first_leaf(value), "is_cuda", False):
+        if not getattr(first_leaf(value), "is_cuda", False):
             return False
         try:
             spec = spec_of(value)
@@ -476,7 +486,7 @@ class Tree:
                 f"{spec_text(spec)}")
         if op.builtin and op.name in ("max", "min", "prod"):
             for leaf in flatten(value):
-                leaf.flat[...] = _identity_bits(op, leaf)
+                leaf.flat[...] = identity_bits(op, leaf)
                 leaf.write_back()
         return value
 
@@ -505,12 +515,12 @@ class Tree:
             offsets = np.cumsum([0] + [leaf.nbytes for leaf in leaves]).tolist()
             for i, leaf in enumerate(leaves):
                 lo, hi = offsets[i], offsets[i + 1]
-                acc = _as_user(leaf, gathered[0, lo:hi].copy())
+                acc = as_user(leaf, gathered[0, lo:hi].copy())
                 for q in range(1, self.size):
-                    res = op.fn(acc, _as_user(leaf, gathered[q, lo:hi]))
+                    res = op.fn(acc, as_user(leaf, gathered[q, lo:hi]))
                     if res is not None:
                         acc = res
-                payload[lo:hi] = _user_bytes(acc, leaf)
+                payload[lo:hi] = user_bytes(acc, leaf)
         wait_requests([self.comm.Ibcast(payload, root=0)], self.timeout, "allreduce")
         offset = 0
         for leaf in leaves:
@@ -529,7 +539,7 @@ class Tree:
         self._check_root(root)
         if self.rank == root:
             return self.allreduce(value, op, out=out)
-        scratch = None if value is None else _clone(value)
+        scratch = None if value is None else clone(value)
         res = self.allreduce(scratch, op)
         return AllreduceResult(int(res), None)
 
@@ -539,43 +549,11 @@ class Tree:
         Ranks that pass a value of the same structure receive in place; ranks that pass
         None get a new value. Returns the value on every rank.
         """
-        self._check_open()
-        self._check_root(root)
-        spec = spec_of(value) if self.rank == root else None
-        spec = bcast_obj(self.comm, spec, root, self.timeout, "broadcast")
-        flag, text = 1, ""
-        if self.rank != root and value is not None:
-            try:
-                mine = spec_of(value)
-                text = spec_text(mine)
-                if mine != spec:
-                    flag = 2
-            except TypeError as exc:
-                flag, text = -1, str(exc)
-        _, n_err, _ = self._control(0, -1 if flag < 0 else 1, "broadcast")
-        bad = int(allgather_obj(self.comm, flag == 2, self.timeout, "broadcast").count(True)) \
-            if n_err == 0 else 0
-        if n_err or bad:
-            items = allgather_obj(self.comm, (flag, text or spec_text(spec)), self.timeout,
-                                  "broadcast")
-            parts = [f"rank {r}: {t}" for r, (f, t) in enumerate(items) if f != 1]
-            raise CollectiveMismatchError(f"broadcast from rank {root} of {spec_text(spec)}: "
-                                          f"receivers passed other values ({'; '.join(parts)})")
-        if value is None:
-            value = build_zeros(spec)
-        leaves = flatten(value)
-        buf = _pack(leaves)
-        wait_requests([self.comm.Ibcast(buf, root=root)], self.timeout, "broadcast")
-        if self.rank != root:
-            _unpack(buf, leaves)
-        return value
+        return rooted.broadcast(self, value, root)
 
     def gather(self, value: Any, root: int = 0) -> list[Any] | None:
         """Every rank's value, as a list in rank order on ``root`` (None elsewhere)."""
-        self._check_open()
-        self._check_root(root)
-        items = self.allgather(value) if self.size > 1 else [value]
-        return items if self.rank == root else None
+        return rooted.gather(self, value, root)
 
     def allgather(self, value: Any) -> list[Any]:
         """Every rank's value, as a list in rank order, on every rank.
@@ -583,55 +561,11 @@ class Tree:
         Values may differ in shape between ranks (not in kind: each must be a tensor,
         array or table of them).
         """
-        self._check_open()
-        spec = spec_of(value)
-        leaves = flatten(value)
-        specs = allgather_obj(self.comm, spec, self.timeout, "allgather")
-        payload = _pack(leaves)
-        sizes = [_spec_nbytes(sp) for sp in specs]
-        displs = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64).tolist()
-        out = np.empty(int(sum(sizes)), dtype=np.uint8)
-        from mpi4py import MPI
-
-        wait_requests([self.comm.Iallgatherv(payload, [out, sizes, displs, MPI.BYTE])],
-                      self.timeout, "allgather")
-        result = []
-        for q, sp in enumerate(specs):
-            if q == self.rank:
-                result.append(value)
-                continue
-            item = build_zeros(sp)
-            _unpack(out[displs[q]:displs[q] + sizes[q]], flatten(item))
-            result.append(item)
-        return result
+        return rooted.allgather(self, value)
 
     def scatter(self, values: list[Any] | None = None, root: int = 0) -> Any:
         """Give rank ``i`` the ``values[i]`` of ``root`` (a list of ``size`` values)."""
-        self._check_open()
-        self._check_root(root)
-        specs: Any = None
-        if self.rank == root:
-            if not isinstance(values, list | tuple) or len(values) != self.size:
-                got = len(values) if isinstance(values, list | tuple) else type(values).__name__
-                specs = ("error", f"scatter: root needs a list of {self.size} values, got {got}")
-            else:
-                specs = [spec_of(v) for v in values]
-        specs = bcast_obj(self.comm, specs, root, self.timeout, "scatter")
-        if isinstance(specs, tuple) and specs[0] == "error":
-            raise ValueError(specs[1])
-        assert isinstance(specs, list)
-        if self.rank == root:
-            assert values is not None
-            reqs = [self.comm.Isend(_pack(flatten(v)), dest=q, tag=77)
-                    for q, v in enumerate(values) if q != root]
-            wait_requests(reqs, self.timeout, "scatter")
-            return values[root]
-        item = build_zeros(specs[self.rank])
-        leaves = flatten(item)
-        buf = np.empty(sum(leaf.nbytes for leaf in leaves), dtype=np.uint8)
-        wait_requests([self.comm.Irecv(buf, source=root, tag=77)], self.timeout, "scatter")
-        _unpack(buf, leaves)
-        return item
+        return rooted.scatter(self, values, root)
 
     def barrier(self) -> None:
         """Wait until every rank gets here (with the Tree's timeout)."""
@@ -641,109 +575,3 @@ class Tree:
     def _check_root(self, root: int) -> None:
         if not 0 <= root < self.size:
             raise ConfigError(f"root must be in 0..{self.size - 1}, got {root}")
-
-
-# -- value helpers ---------------------------------------------------------------------------
-def _first_leaf(value: Any) -> Any:
-    while isinstance(value, dict | list | tuple):
-        if not value:
-            return None
-        value = value[min(value, key=str)] if isinstance(value, dict) else value[0]
-    return value
-
-
-def _pack(leaves: list[Leaf]) -> Array:
-    if not leaves:
-        return np.empty(0, dtype=np.uint8)
-    if len(leaves) == 1:
-        return leaves[0].flat.view(np.uint8)
-    return np.concatenate([leaf.flat.view(np.uint8) for leaf in leaves])
-
-
-def _unpack(buf: Array, leaves: list[Leaf]) -> None:
-    offset = 0
-    for leaf in leaves:
-        dest = leaf.flat.view(np.uint8)
-        if dest.ctypes.data != buf[offset:].ctypes.data:
-            np.copyto(dest, buf[offset:offset + leaf.nbytes])
-        offset += leaf.nbytes
-        leaf.write_back()
-
-
-def _spec_nbytes(spec: Any) -> int:
-    kind = spec[0]
-    if kind == "dict":
-        return sum(_spec_nbytes(v) for _, v in spec[1])
-    if kind in ("list", "tuple"):
-        return sum(_spec_nbytes(v) for v in spec[1])
-    itemsize = 2 if spec[1] in ("float16", "bfloat16") else np.dtype(spec[1]).itemsize
-    return int(np.prod(spec[2], dtype=np.int64)) * itemsize
-
-
-def _copy_into(dst: Any, src: Any) -> None:
-    for d, s in zip(flatten(dst, "out"), flatten(src), strict=True):
-        np.copyto(d.flat, s.flat)
-        d.write_back()
-
-
-def _clone(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _clone(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_clone(v) for v in value]
-    if isinstance(value, tuple):
-        return tuple(_clone(v) for v in value)
-    if isinstance(value, np.ndarray):
-        return value.copy()
-    if hasattr(value, "clone"):
-        return value.clone()
-    return value
-
-
-def _divide(flat: Array, n: int, torch_dtype: Any) -> None:
-    if n == 1:
-        return
-    if torch_dtype is not None:
-        import torch
-
-        torch.from_numpy(flat).view(torch_dtype).div_(n)
-    elif np.issubdtype(flat.dtype, np.integer):
-        np.floor_divide(flat, n, out=flat)
-    else:
-        np.divide(flat, n, out=flat)
-
-
-def _identity_bits(op: ReduceOp, leaf: Leaf) -> Any:
-    ident = op.identity(leaf.flat.dtype, leaf.torch_dtype)
-    if leaf.torch_dtype is None:
-        return ident
-    import torch
-
-    return torch.tensor([ident], dtype=leaf.torch_dtype).view(torch.int16).numpy() \
-        .view(np.uint16)[0]
-
-
-def _as_user(leaf: Leaf, raw: Array) -> Any:
-    """View raw bytes as the user's kind of leaf (tensor or array) and shape."""
-    shape = leaf.obj.shape
-    if isinstance(leaf.obj, np.ndarray):
-        return raw.view(leaf.flat.dtype).reshape(shape)
-    import torch
-
-    t = torch.from_numpy(raw.view(leaf.flat.dtype))
-    if leaf.torch_dtype is not None:
-        t = t.view(leaf.torch_dtype)
-    return t.reshape(shape)
-
-
-def _user_bytes(value: Any, leaf: Leaf) -> Array:
-    if isinstance(value, np.ndarray):
-        return np.ascontiguousarray(value, dtype=leaf.flat.dtype).reshape(-1).view(np.uint8)
-    t = value.detach().to("cpu").contiguous().reshape(-1)
-    if leaf.torch_dtype is not None:
-        import torch
-
-        t = t.to(leaf.torch_dtype).view(torch.int16)
-    else:
-        t = t.to(leaf.obj.dtype)
-    return np.asarray(t.numpy()).view(np.uint8)
