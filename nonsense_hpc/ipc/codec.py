@@ -52,6 +52,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import struct
@@ -94,6 +95,8 @@ MAX_CONTROL_BYTES = 64 * 1024
 CONTROL: Any = type("ControlFrame", (), {"__repr__": lambda self: "CONTROL"})()
 """What :func:`read_frame` returns for a control frame (after ``on_control`` saw it)."""
 _KEY_SCALARS = (str, int, float, bool, type(None), bytes)
+_JSON_OUT = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+_JSON_IN = json.JSONDecoder()
 
 
 @dataclass
@@ -183,7 +186,7 @@ class _Encoder:
         arr = np.asarray(value)
         if arr.dtype.hasobject:
             raise TypeError(f"numpy array of dtype {arr.dtype} (Python objects) at {where}")
-        descr = np.lib.format.dtype_to_descr(arr.dtype)
+        descr = _numpy_descr(arr.dtype)
         if not arr.flags.c_contiguous:
             arr = np.ascontiguousarray(arr)
         flat = arr.reshape(-1).view(np.uint8) if arr.size else np.empty(0, np.uint8)
@@ -194,9 +197,11 @@ class _Encoder:
         if value.layout != torch.strided:
             raise TypeError(f"torch tensor with layout {value.layout} at {where}: only dense "
                             f"(strided) tensors can be sent; call .to_dense() first")
+        if value.is_cpu and not value.is_quantized:
+            return self.stage(value, torch)
         if value.is_quantized or value.device.type == "meta":
             raise TypeError(f"quantized or meta torch tensor at {where}")
-        if value.device.type == "cuda" and self.cuda is not None and value.numel():
+        if value.is_cuda and self.cuda is not None and value.numel():
             node = {"dtype": str(value.dtype).removeprefix("torch."),
                     "shape": list(value.shape), "device": str(value.device)}
             self.cuda_nodes.append((node, value))  # exported after the walk succeeded
@@ -204,20 +209,27 @@ class _Encoder:
         return self.stage(value, torch)
 
     def stage(self, value: Any, torch: Any) -> dict[str, Any]:
-        device = str(value.device)
-        t = value.detach()
-        if t.device.type != "cpu":
+        cpu = value.is_cpu
+        device = "cpu" if cpu else str(value.device)
+        t = value.detach() if value.requires_grad else value
+        if not cpu:
             t = t.to("cpu")  # staged through the host
-        t = t.contiguous()
+        if not t.is_contiguous():
+            t = t.contiguous()
         if t.is_conj():
             t = t.resolve_conj()
         if t.is_neg():
             t = t.resolve_neg()
-        dtype = str(t.dtype).removeprefix("torch.")
-        flat = t.reshape(-1).view(torch.uint8) if t.numel() else torch.empty(0, dtype=torch.uint8)
-        node = {"$torch": self.add(memoryview(flat.numpy()), t), "dtype": dtype,
-                "shape": list(t.shape), "device": device}
-        if value.device.type != "cpu":
+        dtype, numpy_ok = _torch_dtype(t.dtype)
+        if numpy_ok and t.numel():
+            view = memoryview(t.numpy()).cast("B")  # C-contiguous: checked above
+        elif t.numel():
+            view = memoryview(t.reshape(-1).view(torch.uint8).numpy())
+        else:
+            view = memoryview(b"")
+        node = {"$torch": self.add(view, t), "dtype": dtype, "shape": list(t.shape),
+                "device": device}
+        if not cpu:
             node["transport"] = "host"
         return node
 
@@ -232,6 +244,26 @@ class _Encoder:
                 node.update(self.stage(t, torch))
             else:
                 node.update({"$cuda_ipc": desc, "transport": "cuda_ipc"})
+
+
+@functools.cache
+def _torch_dtype(dtype: Any) -> tuple[str, bool]:
+    """A torch dtype's wire name and whether ``Tensor.numpy()`` supports it."""
+    import torch
+
+    try:
+        torch.zeros(1, dtype=dtype).numpy()
+        numpy_ok = True
+    except (TypeError, RuntimeError):
+        numpy_ok = False  # bfloat16, complex32, float8 ...: sent as raw bytes
+    return str(dtype).removeprefix("torch."), numpy_ok
+
+
+@functools.cache
+def _numpy_descr(dtype: Any) -> Any:
+    import numpy as np
+
+    return np.lib.format.dtype_to_descr(dtype)
 
 
 def _check_key(key: Any, where: str) -> None:
@@ -267,7 +299,7 @@ def encode(value: Any, *, cuda: CudaExport | None = None) -> Encoded:
     tree = enc.walk(value, 0, "value")
     enc.export_cuda()
     try:
-        header = json.dumps(tree, separators=(",", ":"), allow_nan=False).encode()
+        header = _JSON_OUT.encode(tree).encode()
         if len(header) > MAX_HEADER_BYTES:
             raise TypeError(f"value structure encodes to {len(header)} bytes of header, more "
                             f"than {MAX_HEADER_BYTES}; put bulk data in arrays or bytes")
@@ -280,7 +312,7 @@ def encode(value: Any, *, cuda: CudaExport | None = None) -> Encoded:
 
 def control_frame(message: dict[str, Any]) -> bytes:
     """One control frame (no value, no buffers) carrying ``message`` as its JSON header."""
-    header = json.dumps(message, separators=(",", ":"), allow_nan=False).encode()
+    header = _JSON_OUT.encode(message).encode()
     if len(header) > MAX_CONTROL_BYTES:
         raise ValueError(f"control message of {len(header)} bytes is larger than "
                          f"{MAX_CONTROL_BYTES}")
@@ -304,9 +336,20 @@ def parse_control(header: bytes) -> dict[str, Any]:
 
 def frame_buffers(enc: Encoded) -> list[memoryview]:
     """The buffers to write for one frame: prefix, lengths and header first, then data."""
-    lengths = struct.pack(f"<{len(enc.buffers)}Q", *(b.nbytes for b in enc.buffers))
-    head = _PREFIX.pack(MAGIC, len(enc.header), len(enc.buffers), 0) + lengths + enc.header
-    return [memoryview(head), *enc.buffers]
+    n = len(enc.buffers)
+    head = _head(n).pack(MAGIC, len(enc.header), n, 0, *[b.nbytes for b in enc.buffers])
+    return [memoryview(head + enc.header), *enc.buffers]
+
+
+@functools.lru_cache(maxsize=64)
+def _head(nbuf: int) -> struct.Struct:
+    """The prefix and the buffer lengths of a frame with ``nbuf`` buffers."""
+    return struct.Struct(f"<4sIII{nbuf}Q")
+
+
+@functools.lru_cache(maxsize=64)
+def _lengths(nbuf: int) -> struct.Struct:
+    return struct.Struct(f"<{nbuf}Q")
 
 
 def read_frame(readinto: Callable[[memoryview], None], *,
@@ -347,7 +390,7 @@ def read_frame(readinto: Callable[[memoryview], None], *,
         raise WireError(f"frame header of {hlen} bytes with {nbuf} buffers is too large")
     lens_raw = bytearray(8 * nbuf + hlen)
     readinto(memoryview(lens_raw))
-    lengths = struct.unpack_from(f"<{nbuf}Q", lens_raw)
+    lengths = _lengths(nbuf).unpack_from(lens_raw)
     if max_bytes is not None and sum(lengths) > max_bytes:
         raise WireError(f"frame carries {sum(lengths)} bytes, more than max_bytes={max_bytes}")
     buffers = []
@@ -358,7 +401,7 @@ def read_frame(readinto: Callable[[memoryview], None], *,
         if n:
             readinto(memoryview(buf))  # type: ignore[arg-type]
         buffers.append(buf)
-    return decode(bytes(lens_raw[8 * nbuf:]), buffers, cuda_import=cuda_import)
+    return decode(memoryview(lens_raw)[8 * nbuf:], buffers, cuda_import=cuda_import)
 
 
 def to_bytes(value: Any) -> bytes:
@@ -389,12 +432,12 @@ def from_bytes(data: Any) -> Any:
     return value
 
 
-def decode(header: bytes, buffers: Sequence[Any], *,
+def decode(header: bytes | bytearray | memoryview | str, buffers: Sequence[Any], *,
            cuda_import: Callable[[dict[str, Any]], Any] | None = None) -> Any:
     """Rebuild a value from its header and buffers (the inverse of :func:`encode`).
 
     Args:
-        header: the JSON header.
+        header: the JSON header (UTF-8 bytes, or text).
         buffers: the raw buffers in order (numpy uint8 arrays are used without copying).
         cuda_import: opens a ``$cuda_ipc`` node into a tensor (None: such a node is a
             WireError: only a connection that negotiated CUDA IPC may carry one).
@@ -403,7 +446,7 @@ def decode(header: bytes, buffers: Sequence[Any], *,
         WireError: the header is malformed or does not match the buffers.
     """
     try:
-        tree = json.loads(header)
+        tree = _JSON_IN.decode(header if isinstance(header, str) else str(header, "utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise WireError(f"ipc header is not UTF-8 JSON: {exc}") from None
     try:
@@ -479,18 +522,44 @@ class _Decoder:
 
         buf = self.buffer(node["$torch"])
         name = node.get("dtype")
-        dtype = getattr(torch, name, None) if isinstance(name, str) else None
-        if not isinstance(dtype, torch.dtype):
+        known = _torch_dtype_named(name) if isinstance(name, str) else None
+        if known is None:
             raise WireError(f"bad torch dtype {name!r}")
-        shape = _shape(node.get("shape"), dtype.itemsize, memoryview(buf).nbytes)
-        raw = torch.from_numpy(buf) if not isinstance(buf, torch.Tensor) else buf
-        t = raw.view(dtype).reshape(shape) if raw.numel() else torch.empty(shape, dtype=dtype)
+        dtype, np_dtype = known
+        nbytes = buf.nbytes if hasattr(buf, "nbytes") else memoryview(buf).nbytes
+        shape = _shape(node.get("shape"), dtype.itemsize, nbytes)
+        if not nbytes:
+            t = torch.empty(shape, dtype=dtype)
+        elif np_dtype is not None and hasattr(buf, "view") and not isinstance(
+                buf, torch.Tensor):
+            t = torch.from_numpy(buf.view(np_dtype).reshape(shape))
+        else:
+            raw = torch.from_numpy(buf) if not isinstance(buf, torch.Tensor) else buf
+            t = raw.view(dtype).reshape(shape)
         device = node.get("device", "cpu")
-        if isinstance(device, str) and device.startswith("cuda") and torch.cuda.is_available():
+        if device != "cpu" and isinstance(device, str) and device.startswith("cuda") and (
+                torch.cuda.is_available()):
             index = int(device.partition(":")[2] or 0)
             if index < torch.cuda.device_count():
                 t = t.to(f"cuda:{index}")
         return t
+
+
+_TORCH_DTYPES: dict[str, tuple[Any, Any]] = {}
+
+
+def _torch_dtype_named(name: str) -> tuple[Any, Any] | None:
+    """The torch dtype called ``name`` and its numpy dtype (None: no numpy twin)."""
+    known = _TORCH_DTYPES.get(name)
+    if known is None:
+        import torch
+
+        dtype = getattr(torch, name, None)
+        if not isinstance(dtype, torch.dtype):
+            return None  # nothing is cached for names that are no dtype
+        np_dtype = torch.empty(0, dtype=dtype).numpy().dtype if _torch_dtype(dtype)[1] else None
+        known = _TORCH_DTYPES[name] = (dtype, np_dtype)
+    return known
 
 
 def _as_list(node: Any) -> list[Any]:
@@ -513,7 +582,7 @@ def _descr(descr: Any) -> Any:
 
 def _shape(shape: Any, itemsize: int, nbytes: int) -> tuple[int, ...]:
     if not isinstance(shape, list) or len(shape) > 64 or not all(
-            isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
+            type(n) is int and n >= 0 for n in shape):
         raise WireError(f"bad shape {shape!r}")
     if math.prod(shape) * itemsize != nbytes:
         raise WireError(f"buffer of {nbytes} bytes does not hold shape {shape} of "

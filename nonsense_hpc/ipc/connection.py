@@ -26,33 +26,11 @@ from nonsense_hpc.ipc import codec, handshake
 from nonsense_hpc.ipc import cuda_ipc as _cuda
 from nonsense_hpc.ipc.control import HELLO_WAIT, ControlMixin
 from nonsense_hpc.ipc.handshake import Hello, Transport
+from nonsense_hpc.ipc.sockio import recv_exact, recv_some, send_views, wait_fd
 
 __all__ = ["HELLO_WAIT", "Connection", "send_views"]
 
-_IOV_MAX = 512
 _READ_AHEAD = 256 * 1024
-
-
-def send_views(sock: socket.socket, views: list[memoryview]) -> None:
-    """Write every byte of ``views`` with as few ``sendmsg`` calls as the kernel allows.
-
-    Raises:
-        ConnectionError: the peer closed the connection.
-        TimeoutError: the socket's timeout expired while the peer was not reading.
-    """
-    pending = [v.cast("B") if v.format != "B" or v.ndim != 1 else v for v in views if v.nbytes]
-    while pending:
-        sent = sock.sendmsg(pending[:_IOV_MAX])
-        while sent:
-            head = pending[0]
-            if sent >= head.nbytes:
-                sent -= head.nbytes
-                pending.pop(0)
-            else:
-                pending[0] = head[sent:]
-                sent = 0
-
-
 class Connection(ControlMixin):
     """A message stream to one peer.
 
@@ -92,6 +70,9 @@ class Connection(ControlMixin):
         self._rpos = 0
         self._rend = 0
         self._eof = False
+        self._rtimeout: float | None = None  # of the frame being read
+        self._started = False  # a byte of the frame being read was taken
+        self._import: _cuda.FrameImport | None = None
         self.stats = {"cuda_ipc_sent": 0, "cuda_ipc_acked": 0, "cuda_staged_sent": 0,
                       "cuda_ipc_received": 0}
         self.hello: Hello | None = None
@@ -107,7 +88,8 @@ class Connection(ControlMixin):
         if cuda_ipc is not None:
             self.hello = handshake.local_hello(cuda_ipc)
             try:
-                self.sock.sendall(codec.control_frame({"hello": self.hello.to_json()}))
+                send_views(self.sock, [memoryview(codec.control_frame(
+                    {"hello": self.hello.to_json()}))], 30.0)
             except OSError:
                 pass  # the peer is already gone: the first recv or send says so
 
@@ -141,7 +123,8 @@ class Connection(ControlMixin):
         self._check_open()
         hook = None
         if self.hello is not None:
-            self._drain()  # acks and the peer's hello already at the front of the stream
+            if self.peer_hello is None or self._exporter.pending:
+                self._drain()  # the peer's hello or acks already at the front of the stream
             hook = self._exporter.frame(lambda: self._decide(timeout))
         enc = codec.encode(value, cuda=hook)
         self._send_frame(enc, timeout)
@@ -149,9 +132,8 @@ class Connection(ControlMixin):
     def _send_frame(self, enc: codec.Encoded, timeout: float | None) -> None:
         self._check_open()
         with self._send_lock:
-            self.sock.settimeout(timeout)
             try:
-                send_views(self.sock, codec.frame_buffers(enc))
+                send_views(self.sock, codec.frame_buffers(enc), timeout)
             except (TimeoutError, OSError) as exc:
                 self.close()
                 if isinstance(exc, TimeoutError):
@@ -201,8 +183,7 @@ class Connection(ControlMixin):
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 return False
-            ready, _, _ = select.select([self.sock], [], [], left)
-            if not ready and left is not None:
+            if not wait_fd(self.sock, select.POLLIN, left) and left is not None:
                 return False
             if self.hello is None:
                 return True
@@ -231,54 +212,61 @@ class Connection(ControlMixin):
                     return value
 
     def _read_frame_locked(self, timeout: float | None) -> Any:
-        self.sock.settimeout(timeout)
-        started = False
-
-        def readinto(view: memoryview) -> None:
-            nonlocal started
-            self._readinto(view, started)
-            started = True
-
-        imp = None
-        if self.hello is not None:
-            imp = _cuda.FrameImport(self._check_import, self.stats, self.peer)
+        self._rtimeout = timeout
+        self._started = False
+        self._import = None
         try:
             value = codec.read_frame(
-                readinto, cuda_import=imp,
+                self._readinto, cuda_import=None if self.hello is None else self._import_node,
                 on_control=None if self.hello is None else self._on_control)
         except _cuda.CudaIpcError as exc:
-            self._reply(imp, str(exc))
+            self._reply(self._import, str(exc))
             raise  # the frame was read to its end: the stream stays usable
         except (WireError, ConnectionError, TimeoutError, OSError) as exc:
-            self._reply(imp, f"{type(exc).__name__}: {exc}")
+            self._reply(self._import, f"{type(exc).__name__}: {exc}")
             self.close()
             raise
-        self._reply(imp)
+        if self._import is not None:
+            self._reply(self._import)
         return value
 
-    def _readinto(self, view: memoryview, started: bool) -> None:
+    def _import_node(self, node: dict[str, Any]) -> Any:
+        """Open a ``$cuda_ipc`` node of the frame being read (acked once it is read)."""
+        if self._import is None:
+            self._import = _cuda.FrameImport(self._check_import, self.stats, self.peer)
+        return self._import(node)
+
+    def _readinto(self, view: memoryview) -> None:
         """Fill ``view`` from the read-ahead buffer, then the socket.
 
         Small messages are read many at a time into the buffer (one system call for
         several frames); large buffers are received straight into their destination.
         """
         total = view.nbytes
+        pos = self._rpos
+        if self._rend - pos >= total:  # the common case: all of it is buffered
+            view[:] = self._rview[pos:pos + total]
+            self._rpos = pos + total
+            self._started = True
+            return
         got = 0
         while got < total:
+            started = self._started or got > 0
             if self._rpos < self._rend:
                 n = min(total - got, self._rend - self._rpos)
                 view[got:got + n] = self._rview[self._rpos:self._rpos + n]
                 self._rpos += n
                 got += n
             elif self._eof:
-                _recv_some(_ClosedSocket(), self._rview, self.peer, started or got > 0)
+                recv_some(_ClosedSocket(), self._rview, self.peer, started, None)
             elif total - got >= _READ_AHEAD // 2:
-                _recv_exact(self.sock, view[got:], self.peer, started or got > 0)
-                return
+                recv_exact(self.sock, view[got:], self.peer, started, self._rtimeout)
+                break
             else:
                 self._rpos = 0
-                self._rend = _recv_some(self.sock, self._rview, self.peer,
-                                        started or got > 0)
+                self._rend = recv_some(self.sock, self._rview, self.peer, started,
+                                        self._rtimeout)
+        self._started = True
 
     def close(self) -> None:
         """Close the connection (idempotent); the peer's next ``recv`` fails.
@@ -308,39 +296,10 @@ class Connection(ControlMixin):
             raise ConnectionError(f"connection to {self.peer} is closed")
 
 
-def _recv_exact(sock: socket.socket, view: memoryview, peer: str, started: bool) -> None:
-    got = 0
-    total = view.nbytes
-    while got < total:
-        try:
-            n = sock.recv_into(view[got:])
-        except TimeoutError:
-            raise TimeoutError(f"message from {peer} stalled after it started; "
-                               f"connection closed") from None
-        if n == 0:
-            if not started and got == 0:
-                raise ConnectionResetError(f"{peer} closed the connection")
-            raise WireError(f"{peer} closed the connection in the middle of a message")
-        got += n
-
-
-def _recv_some(sock: Any, view: memoryview, peer: str, started: bool) -> int:
-    try:
-        n: int = sock.recv_into(view)
-    except TimeoutError:
-        raise TimeoutError(f"message from {peer} stalled after it started; "
-                           f"connection closed") from None
-    if n == 0:
-        if not started:
-            raise ConnectionResetError(f"{peer} closed the connection")
-        raise WireError(f"{peer} closed the connection in the middle of a message")
-    return n
-
-
 class _ClosedSocket:
     """Stands for a socket whose end of stream was already seen by a non-blocking read."""
 
-    def recv_into(self, view: memoryview) -> int:
+    def recv_into(self, view: memoryview, nbytes: int = 0, flags: int = 0) -> int:
         """Report the end of stream."""
         return 0
 

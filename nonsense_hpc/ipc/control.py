@@ -18,6 +18,7 @@ from nonsense_hpc.errors import WireError
 from nonsense_hpc.ipc import codec, handshake
 from nonsense_hpc.ipc import cuda_ipc as _cuda
 from nonsense_hpc.ipc.handshake import Hello, Transport
+from nonsense_hpc.ipc.sockio import send_views
 
 __all__ = ["HELLO_WAIT", "ControlMixin"]
 
@@ -173,11 +174,10 @@ class ControlMixin:
             return
         try:
             with self._send_lock:
-                self.sock.settimeout(30.0)
-                for message in imp.replies(error):
-                    self.sock.sendall(codec.control_frame(message))
+                frames = [memoryview(codec.control_frame(m)) for m in imp.replies(error)]
+                send_views(self.sock, frames, 30.0)
         except OSError:
-            pass  # the sender is gone; its handles die with it
+            pass  # the sender is gone (or stuck); its handles die with it
 
     def _drain(self) -> None:
         """Consume the control frames at the front of the stream, without blocking."""
@@ -236,11 +236,8 @@ class ControlMixin:
             n = self._rend - self._rpos
             self._rbuf[:n] = self._rbuf[self._rpos:self._rend]
             self._rpos, self._rend = 0, n
-        ready, _, _ = select.select([self.sock], [], [], 0)
-        if not ready:
-            return False
         try:
-            n = self.sock.recv_into(self._rview[self._rend:])
+            n = self.sock.recv_into(self._rview[self._rend:], 0, socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return False
         except OSError:

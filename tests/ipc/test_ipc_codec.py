@@ -48,7 +48,9 @@ def test_torch_tensor_any_dtype(dtype):
 def test_non_contiguous_and_special_views():
     base = torch.randn(6, 8)
     for t in (base.t(), base[::2, 1::3], base.expand(3, 6, 8), torch.randn(3, 1).conj(),
-              torch.tensor(3.5), torch.empty(0, 4), torch.randn(4, requires_grad=True)):
+              torch.tensor(3.5), torch.empty(0, 4), torch.randn(4, requires_grad=True),
+              torch.randn(3, dtype=torch.complex64).conj(), torch.randn(2, 1, 3)[:, :, 1:],
+              torch.tensor([True, False]), torch.randn(4, dtype=torch.bfloat16)[1:]):
         out = roundtrip(t)
         assert out.shape == t.shape and torch.equal(out, t.detach().resolve_conj())
         assert out.is_contiguous()

@@ -9,6 +9,7 @@ import torch
 
 from nonsense_hpc import ipc
 from nonsense_hpc.errors import WireError
+from nonsense_hpc.ipc import codec
 
 
 @pytest.fixture
@@ -157,5 +158,46 @@ def test_back_to_back_messages_are_not_lost_in_read_ahead(server):
     got = [server.recv_any(timeout=10) for _ in range(51)]
     assert sorted(x for x in got if isinstance(x, int)) == list(range(50))
     assert "c2" in got
+    c1.close()
+    c2.close()
+
+
+def test_send_to_a_peer_that_does_not_read_times_out_and_closes(server):
+    client = ipc.client("127.0.0.1", server.port)
+    server.clients(1, timeout=10)  # connected, but the server never reads
+    big = torch.zeros(16 * 1024**2)  # 64 MiB: more than the socket buffers hold
+    with pytest.raises(TimeoutError, match=r"did not accept a message within 0\.3 s"):
+        client.send(big, timeout=0.3)
+    assert client.closed
+    with pytest.raises(ConnectionError, match="closed"):
+        client.send(1)
+
+
+def test_a_message_that_stalls_half_way_times_out_and_closes(server):
+    with socket.create_connection(("127.0.0.1", server.port)) as raw:
+        conn = server.clients(1, timeout=10)[0]
+        raw.sendall(codec.to_bytes(torch.arange(1000))[:100])  # the rest never comes
+        with pytest.raises(TimeoutError, match="stalled"):
+            conn.recv(timeout=0.3)
+        assert conn.closed
+
+
+def test_large_message_with_a_timeout_arrives_whole(server):
+    with ipc.client("127.0.0.1", server.port) as client:
+        conn = server.clients(1, timeout=10)[0]
+        t = torch.randn(8 * 1024**2)  # 32 MiB, read straight into the tensor in pieces
+        sender = threading.Thread(target=lambda: [client.send(t), client.send("after")])
+        sender.start()
+        assert torch.equal(conn.recv(timeout=30), t)
+        assert conn.recv(timeout=30) == "after"
+        sender.join(timeout=30)
+
+
+def test_clients_that_connect_later_are_accepted_by_send_and_broadcast(server):
+    c1 = ipc.client("127.0.0.1", server.port)
+    server.clients(1, timeout=10)
+    c2 = ipc.client("127.0.0.1", server.port)  # waits in the listener's queue
+    assert server.broadcast("to all", timeout=10) == 2
+    assert c1.recv(timeout=10) == "to all" and c2.recv(timeout=10) == "to all"
     c1.close()
     c2.close()
