@@ -34,7 +34,11 @@ DEFAULT_SIZES = [8, 64, 512, 4096, 32768, 262144, 1 << 20, 4 << 20, 16 << 20, 64
 
 @dataclass
 class Row:
-    """One measurement: implementation x size."""
+    """One measurement: implementation x size.
+
+    ``seconds`` is the median over iterations of the slowest rank's time (the latency);
+    ``latency_us`` is the same in microseconds; bandwidths are in GB/s.
+    """
 
     impl: str
     nbytes: int
@@ -43,6 +47,11 @@ class Row:
     seconds: float
     algbw: float
     busbw: float
+    latency_us: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.latency_us:
+            self.latency_us = self.seconds * 1e6
 
 
 def _iters_for(nbytes: int, budget: float, first: float) -> int:
