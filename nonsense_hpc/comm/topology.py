@@ -104,8 +104,10 @@ class Topology:
 
     def describe(self) -> str:
         """A text picture of the layout and the tree (``nonsense-hpc topology``)."""
-        kind = "pretend nodes (NONSENSE_RANKS_PER_NODE)" if self.pretend else "nodes"
-        lines = [f"{self.size} ranks on {self.nodes} {kind}"]
+        node_word = "node" if self.nodes == 1 else "nodes"
+        kind = f"pretend {node_word} (NONSENSE_RANKS_PER_NODE)" if self.pretend else node_word
+        rank_word = "rank" if self.size == 1 else "ranks"
+        lines = [f"{self.size} {rank_word} on {self.nodes} {kind}"]
         for i, ranks in enumerate(self.node_ranks):
             lines.append(f"  node {i} ({self.hostnames[i]}): leader rank {ranks[0]}, "
                          f"ranks {_ranges(ranks)}  [shared memory inside the node]")
