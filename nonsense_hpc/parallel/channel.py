@@ -32,6 +32,7 @@ from typing import Any
 
 from nonsense_hpc.errors import WireError
 from nonsense_hpc.ipc import codec
+from nonsense_hpc.ipc.sockio import Spinner
 
 __all__ = ["SLOTS", "Endpoint", "new_segment"]
 
@@ -62,6 +63,8 @@ class Endpoint:
         if size < 2 * SLOTS:
             raise ValueError(f"shared segment of {size} bytes is too small")
         self.sock = sock
+        sock.settimeout(None)
+        self._waiter = Spinner(sock)
         self.peer = peer
         self.size = size
         self.slot = size // SLOTS
@@ -247,14 +250,7 @@ class Endpoint:
         self._send_acks()  # never wait while holding slots the peer may be waiting for
         if self._peer_closed:
             raise ConnectionResetError(f"{self.peer} closed the channel")
-        left = None if deadline is None else deadline - time.monotonic()
-        if left is not None and left <= 0:
-            raise TimeoutError(f"nothing from {self.peer} within the timeout")
-        self.sock.settimeout(left)
-        try:
-            data = self.sock.recv(65536)
-        except TimeoutError:
-            raise TimeoutError(f"nothing from {self.peer} within the timeout") from None
+        data = self._recv_tokens(deadline)
         if not data:
             self._peer_closed = True
             raise ConnectionResetError(f"{self.peer} closed the channel")
@@ -272,6 +268,22 @@ class Endpoint:
         del self._tokens[:usable]
         if spill and self._chunks:
             self._spill_all()
+
+    def _recv_tokens(self, deadline: float | None) -> bytes:
+        """Wait for the next tokens (b"" at the end of stream).
+
+        The socket stays in blocking mode; the wait polls briefly before it sleeps
+        (:class:`~nonsense_hpc.ipc.sockio.Spinner`), so a quick reply does not pay two
+        process wake-ups.
+        """
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not self._waiter.wait(left):
+                raise TimeoutError(f"nothing from {self.peer} within the timeout")
+            try:
+                return self.sock.recv(65536, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                continue
 
     def _spill_all(self) -> None:
         """Move every received chunk into the spill buffer (frees the peer's slots)."""
