@@ -15,7 +15,6 @@ and then carries CUDA tensors as CUDA IPC handles where the peer's hello allows 
 
 from __future__ import annotations
 
-import select
 import socket
 import threading
 import time
@@ -26,7 +25,7 @@ from nonsense_hpc.ipc import codec, handshake
 from nonsense_hpc.ipc import cuda_ipc as _cuda
 from nonsense_hpc.ipc.control import HELLO_WAIT, ControlMixin
 from nonsense_hpc.ipc.handshake import Hello, Transport
-from nonsense_hpc.ipc.sockio import recv_exact, recv_some, send_views, wait_fd
+from nonsense_hpc.ipc.sockio import Spinner, recv_exact, recv_some, send_views
 
 __all__ = ["HELLO_WAIT", "Connection", "send_views"]
 
@@ -73,6 +72,7 @@ class Connection(ControlMixin):
         self._rtimeout: float | None = None  # of the frame being read
         self._started = False  # a byte of the frame being read was taken
         self._import: _cuda.FrameImport | None = None
+        self._waiter = Spinner(sock)  # polls briefly before sleeping (sockio.Spinner)
         self.stats = {"cuda_ipc_sent": 0, "cuda_ipc_acked": 0, "cuda_staged_sent": 0,
                       "cuda_ipc_received": 0}
         self.hello: Hello | None = None
@@ -183,7 +183,7 @@ class Connection(ControlMixin):
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 return False
-            if not wait_fd(self.sock, select.POLLIN, left) and left is not None:
+            if not self._waiter.wait(left) and left is not None:
                 return False
             if self.hello is None:
                 return True
@@ -205,7 +205,7 @@ class Connection(ControlMixin):
         self._check_open()
         with self._recv_lock:
             while True:
-                if timeout is not None and not self._wait_message_locked(timeout):
+                if not self._wait_message_locked(timeout):
                     raise TimeoutError(f"no message from {self.peer} within {timeout} s")
                 value = self._read_frame_locked(timeout)
                 if value is not codec.CONTROL:
