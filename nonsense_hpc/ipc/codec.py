@@ -296,6 +296,15 @@ def encode(value: Any, *, cuda: CudaExport | None = None) -> Encoded:
             names where (``value['key'][2]``).
     """
     enc = _Encoder(cuda)
+    torch = sys.modules.get("torch")
+    if torch is not None and type(value) is torch.Tensor and value.is_cpu and (
+            value.layout == torch.strided and not value.is_quantized):
+        # The commonest message, a bare CPU tensor: the same header without the walk
+        # and the JSON encoder (a dtype name and ints need no escaping).
+        node = enc.stage(value, torch)
+        shape = ",".join(map(str, node["shape"]))
+        header = f'{{"$torch":0,"dtype":"{node["dtype"]}","shape":[{shape}],"device":"cpu"}}'
+        return Encoded(header.encode(), enc.buffers, enc.keep)
     tree = enc.walk(value, 0, "value")
     enc.export_cuda()
     try:

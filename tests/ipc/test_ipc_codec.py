@@ -1,5 +1,6 @@
 """The safe encoding: round trips, TypeError before anything is sent, malformed input."""
 
+import json
 import math
 import struct
 
@@ -140,3 +141,14 @@ def test_garbage_never_crashes_decoder(data):
         codec.from_bytes(data)
     except WireError:
         pass
+
+
+@pytest.mark.parametrize("t", [torch.randn(3, 4), torch.tensor(2.5), torch.empty(0, 2),
+                               torch.arange(6).reshape(2, 3).t(), torch.ones(2).bfloat16(),
+                               torch.randn(2, requires_grad=True)], ids=repr)
+def test_bare_tensor_header_is_the_json_of_its_tree(t):
+    enc = codec.encode(t)
+    nested = codec.encode([t])  # the general walk
+    assert json.loads(enc.header) == json.loads(nested.header)[0]
+    assert enc.header == json.dumps(json.loads(enc.header), separators=(",", ":")).encode()
+    assert [bytes(b) for b in enc.buffers] == [bytes(b) for b in nested.buffers]
