@@ -303,8 +303,8 @@ def encode(value: Any, *, cuda: CudaExport | None = None) -> Encoded:
         # and the JSON encoder (a dtype name and ints need no escaping).
         node = enc.stage(value, torch)
         shape = ",".join(map(str, node["shape"]))
-        header = f'{{"$torch":0,"dtype":"{node["dtype"]}","shape":[{shape}],"device":"cpu"}}'
-        return Encoded(header.encode(), enc.buffers, enc.keep)
+        text = f'{{"$torch":0,"dtype":"{node["dtype"]}","shape":[{shape}],"device":"cpu"}}'
+        return Encoded(text.encode(), enc.buffers, enc.keep)
     tree = enc.walk(value, 0, "value")
     enc.export_cuda()
     try:

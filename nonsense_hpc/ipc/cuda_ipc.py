@@ -33,7 +33,8 @@ valid whatever the sender does later, even when the sender exits.
   sent, the counters are released at once.
 
 Acks are read whenever the sender touches the connection (``send`` reads the control
-frames already at the front of the stream without blocking; ``recv``, ``poll`` and
+frames already at the front of the stream without blocking while frames await their ack
+or the peer's hello has not arrived; ``recv``, ``poll`` and
 :meth:`~nonsense_hpc.ipc.connection.Connection.flush` read them too). A sender whose
 unacknowledged snapshots exceed :data:`PENDING_LIMIT` stages further tensors through the
 host until acks come back, so a peer that never reads cannot exhaust GPU memory.

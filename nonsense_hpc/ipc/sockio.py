@@ -23,6 +23,7 @@ __all__ = ["SPIN_LIMIT", "Spinner", "recv_exact", "recv_once", "recv_some", "sen
 _IOV_MAX = 512
 SPIN_LIMIT = 200e-6
 """Longest a :class:`Spinner` polls before it sleeps in the kernel, in seconds (0: never)."""
+_yield = getattr(os, "sched_yield", lambda: None)
 _CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 _DONTWAIT = socket.MSG_DONTWAIT
 
@@ -142,29 +143,34 @@ class Spinner:
 
     Args:
         sock: the socket to wait on (any object with ``fileno()``).
-        limit: the longest polling phase in seconds (default :data:`SPIN_LIMIT`; 0: never
-            poll, sleep at once).
+        limit: the longest polling phase in seconds (default: :data:`SPIN_LIMIT` as it is
+            at each wait; 0: never poll, sleep at once).
     """
 
     def __init__(self, sock: Any, limit: float | None = None) -> None:
-        self.limit = SPIN_LIMIT if limit is None else limit
-        if _CPUS < 2:
-            self.limit = 0.0
+        self._limit = limit
         self._poller = select.poll()
         self._poller.register(sock, select.POLLIN)
         self._average = self.limit / 2
         self._budget = self.limit
 
     @property
+    def limit(self) -> float:
+        """The longest polling phase now: the ``limit`` given, else :data:`SPIN_LIMIT`."""
+        if _CPUS < 2:
+            return 0.0
+        return SPIN_LIMIT if self._limit is None else self._limit
+
+    @property
     def budget(self) -> float:
         """How long the next wait polls before it sleeps, in seconds."""
-        return self._budget
+        return min(self._budget, self.limit)
 
     def wait(self, timeout: float | None) -> bool:
         """Wait until the socket is readable (or hung up); False after ``timeout`` s."""
         poll = self._poller.poll
         start = time.monotonic()
-        budget = self._budget if timeout is None else min(self._budget, timeout)
+        budget = self.budget if timeout is None else min(self.budget, timeout)
         if budget > 0:
             end = start + budget
             while True:
@@ -173,6 +179,7 @@ class Spinner:
                     return True
                 if time.monotonic() >= end:
                     break
+                _yield()  # a runnable process on this CPU (the peer?) goes first
         if timeout is None:
             ready = poll(None)
         else:

@@ -80,3 +80,13 @@ def test_spinner_never_polls_with_limit_zero(pair):
     assert spin.budget == 0.0
     assert spin.wait(0.01) is False
     assert spin.budget == 0.0
+
+
+def test_spin_limit_zero_turns_polling_off(pair, monkeypatch):
+    from nonsense_hpc.ipc import sockio
+
+    _, b = pair
+    existing = Spinner(b)
+    monkeypatch.setattr(sockio, "SPIN_LIMIT", 0.0)
+    assert Spinner(b).budget == 0.0
+    assert existing.budget == 0.0  # read at every wait, not only when made
