@@ -17,8 +17,8 @@ from typing import Any
 
 from nonsense_hpc.errors import WireError
 
-__all__ = ["SPIN_LIMIT", "Spinner", "recv_exact", "recv_once", "recv_some", "send_views",
-           "wait_fd"]
+__all__ = ["SPIN_LIMIT", "Spinner", "cpus_busy", "recv_exact", "recv_once", "recv_some",
+           "send_views", "wait_fd"]
 
 _IOV_MAX = 512
 SPIN_LIMIT = 200e-6
@@ -130,6 +130,39 @@ def recv_some(sock: Any, view: memoryview, peer: str, started: bool,
     return n
 
 
+class _Load:
+    """The machine's count of runnable tasks, sampled at most every millisecond."""
+
+    every = 0.001
+    at = -1.0
+    over = False  # the last sample saw more runnable tasks than CPUs
+    busy = False
+    fd = -1
+
+
+def cpus_busy() -> bool:
+    """Whether this machine has more runnable tasks than this process has CPUs.
+
+    Read from the "running" count of ``/proc/loadavg`` (which includes the caller), at
+    most every millisecond; busy once two samples in a row say so (one sample sees
+    passing kernel threads too). False where that file cannot be read.
+    """
+    now = time.monotonic()
+    if now - _Load.at < _Load.every:
+        return _Load.busy
+    _Load.at = now
+    try:
+        if _Load.fd < 0:
+            _Load.fd = os.open("/proc/loadavg", os.O_RDONLY)
+        running = int(os.pread(_Load.fd, 128, 0).split()[3].split(b"/")[0])
+    except (OSError, ValueError, IndexError):
+        running = 0
+    over = running > _CPUS
+    _Load.busy = over and _Load.over
+    _Load.over = over
+    return _Load.busy
+
+
 class Spinner:
     """Waits for a socket to become readable, polling briefly before sleeping.
 
@@ -138,8 +171,10 @@ class Spinner:
     a request-reply exchange that is most of a small message's time. So a wait first
     polls without sleeping, for about twice the recent typical wait (an average of the
     last waits), and only sleeps when that is over. Waits longer than :data:`SPIN_LIMIT`
-    (an idle peer, a busy machine) turn the polling off until waits get short again, and
-    a process allowed on one CPU never polls: it would only delay the peer.
+    (an idle peer, a busy machine) turn the polling off until waits get short again; it
+    is skipped while every CPU already has a runnable task (:func:`cpus_busy`: polling
+    would take a CPU from a process with work, maybe the peer), and a process allowed on
+    one CPU never polls.
 
     Args:
         sock: the socket to wait on (any object with ``fileno()``).
@@ -171,7 +206,7 @@ class Spinner:
         poll = self._poller.poll
         start = time.monotonic()
         budget = self.budget if timeout is None else min(self.budget, timeout)
-        if budget > 0:
+        if budget > 0 and not cpus_busy():
             end = start + budget
             while True:
                 if poll(0):

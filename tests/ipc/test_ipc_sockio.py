@@ -90,3 +90,27 @@ def test_spin_limit_zero_turns_polling_off(pair, monkeypatch):
     monkeypatch.setattr(sockio, "SPIN_LIMIT", 0.0)
     assert Spinner(b).budget == 0.0
     assert existing.budget == 0.0  # read at every wait, not only when made
+
+
+def test_cpus_busy_needs_two_samples_over_the_cpu_count(tmp_path, monkeypatch):
+    from nonsense_hpc.ipc import sockio
+
+    assert isinstance(sockio.cpus_busy(), bool)  # the real /proc/loadavg parses
+    fake = tmp_path / "loadavg"
+    fd = os.open(fake, os.O_RDWR | os.O_CREAT)
+    monkeypatch.setattr(sockio._Load, "fd", fd)
+    monkeypatch.setattr(sockio._Load, "over", False)
+    monkeypatch.setattr(sockio._Load, "busy", False)
+
+    def sample(running):
+        os.pwrite(fd, f"0.50 0.40 0.30 {running}/120 4242\n".encode().ljust(64), 0)
+        monkeypatch.setattr(sockio._Load, "at", -1.0)  # the next call samples
+        return sockio.cpus_busy()
+
+    many = sockio._CPUS + 1
+    assert sample(many) is False  # one sample over: maybe a passing kernel thread
+    assert sample(many) is True
+    assert sample(1) is False
+    monkeypatch.setattr(sockio._Load, "at", time.monotonic() + 3600)
+    assert sockio.cpus_busy() is False  # between samples the last answer stands
+    os.close(fd)
