@@ -42,6 +42,8 @@ class Connection(ControlMixin):
             (True still needs ``NONSENSE_CUDA_IPC`` unset or true, torch imported and a
             GPU; see :func:`~nonsense_hpc.ipc.handshake.local_hello`).
         same_process: the peer is known to be this process (no CUDA IPC, no hello wait).
+        spin: waits poll briefly before sleeping (:class:`~nonsense_hpc.ipc.sockio.Spinner`);
+            False: they sleep at once (for many processes that share few CPUs).
 
     Attributes:
         id: the connection's number (0 for a client's own connection).
@@ -57,7 +59,8 @@ class Connection(ControlMixin):
     """
 
     def __init__(self, sock: socket.socket, peer: str = "", id: int = 0, *,
-                 cuda_ipc: bool | None = None, same_process: bool = False) -> None:
+                 cuda_ipc: bool | None = None, same_process: bool = False,
+                 spin: bool = True) -> None:
         self.sock = sock
         self.peer = peer or _peer_name(sock)
         self.id = id
@@ -72,7 +75,7 @@ class Connection(ControlMixin):
         self._rtimeout: float | None = None  # of the frame being read
         self._started = False  # a byte of the frame being read was taken
         self._import: _cuda.FrameImport | None = None
-        self._waiter = Spinner(sock)  # polls briefly before sleeping (sockio.Spinner)
+        self._waiter = Spinner(sock, None if spin else 0.0)
         self.stats = {"cuda_ipc_sent": 0, "cuda_ipc_acked": 0, "cuda_staged_sent": 0,
                       "cuda_ipc_received": 0}
         self.hello: Hello | None = None

@@ -76,7 +76,9 @@ class WorkQueue:
             self._conn: Connection | None = None
         else:
             self._broker = None
-            self._conn = Connection(sock, f"workqueue {name!r} owner")
+            # Readers usually outnumber the CPUs and each wait is a round trip through the
+            # owner's broker thread: polling while waiting would take the broker's CPU.
+            self._conn = Connection(sock, f"workqueue {name!r} owner", spin=False)
 
     def __repr__(self) -> str:
         role = "owner" if self.owner else "reader"
