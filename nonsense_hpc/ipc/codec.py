@@ -55,6 +55,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import re
 import struct
 import sys
 from collections.abc import Callable, Sequence
@@ -97,6 +98,10 @@ CONTROL: Any = type("ControlFrame", (), {"__repr__": lambda self: "CONTROL"})()
 _KEY_SCALARS = (str, int, float, bool, type(None), bytes)
 _JSON_OUT = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 _JSON_IN = json.JSONDecoder()
+_DIM = r"(?:0|[1-9][0-9]{0,18})"
+_BARE_TENSOR = re.compile(  # the header encode() writes for a bare CPU tensor
+    rf'\{{"\$torch":0,"dtype":"([a-z0-9_]{{1,32}})","shape":\[((?:{_DIM},){{0,63}}{_DIM})?\],'
+    r'"device":"cpu"\}')
 
 
 @dataclass
@@ -455,8 +460,17 @@ def decode(header: bytes | bytearray | memoryview | str, buffers: Sequence[Any],
         WireError: the header is malformed or does not match the buffers.
     """
     try:
-        tree = _JSON_IN.decode(header if isinstance(header, str) else str(header, "utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        text = header if isinstance(header, str) else str(header, "utf-8")
+    except UnicodeDecodeError as exc:
+        raise WireError(f"ipc header is not UTF-8 JSON: {exc}") from None
+    bare = _BARE_TENSOR.fullmatch(text)
+    if bare is not None:  # what encode writes for a bare CPU tensor: no JSON parse needed
+        shape = [int(n) for n in bare[2].split(",")] if bare[2] else []
+        return _Decoder(buffers, cuda_import).tensor(
+            {"$torch": 0, "dtype": bare[1], "shape": shape, "device": "cpu"})
+    try:
+        tree = _JSON_IN.decode(text)
+    except (ValueError, RecursionError) as exc:
         raise WireError(f"ipc header is not UTF-8 JSON: {exc}") from None
     try:
         return _Decoder(buffers, cuda_import).walk(tree)

@@ -152,3 +152,29 @@ def test_bare_tensor_header_is_the_json_of_its_tree(t):
     assert json.loads(enc.header) == json.loads(nested.header)[0]
     assert enc.header == json.dumps(json.loads(enc.header), separators=(",", ":")).encode()
     assert [bytes(b) for b in enc.buffers] == [bytes(b) for b in nested.buffers]
+
+
+def _bare(dtype, shape):
+    return f'{{"$torch":0,"dtype":"{dtype}","shape":[{shape}],"device":"cpu"}}'.encode()
+
+
+@pytest.mark.parametrize(("header", "nbytes", "match"), [
+    (_bare("nn", "2"), 8, "bad torch dtype"),
+    (_bare("float32", "3"), 8, "does not hold shape"),
+    (_bare("float32", ",".join(["1"] * 65)), 4, "bad shape"),
+    (_bare("float32", "007"), 28, "not UTF-8 JSON"),  # not JSON: the strict parser says so
+    (_bare("float32", "2").replace(b"cpu", b"\xff"), 8, "not UTF-8"),
+])
+def test_bare_tensor_headers_are_validated(header, nbytes, match):
+    with pytest.raises(WireError, match=match):
+        codec.decode(header, [np.zeros(nbytes, np.uint8)])
+
+
+def test_bare_tensor_header_decodes_like_the_general_path():
+    t = torch.arange(12, dtype=torch.int16).reshape(3, 4)
+    enc = codec.encode(t)
+    buffers = [np.frombuffer(bytes(b), np.uint8).copy() for b in enc.buffers]
+    fast = codec.decode(enc.header, buffers)
+    general = codec.decode(enc.header.replace(b'"device"', b' "device"'), buffers)
+    assert fast.dtype == general.dtype == torch.int16 and torch.equal(fast, general)
+    assert torch.equal(fast, t)
