@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 from nonsense_hpc.errors import WireError
-from nonsense_hpc.ipc import codec, handshake
+from nonsense_hpc.ipc import codec, frames, handshake
 from nonsense_hpc.ipc import cuda_ipc as _cuda
 from nonsense_hpc.ipc.control import HELLO_WAIT, ControlMixin
 from nonsense_hpc.ipc.handshake import Hello, Transport
@@ -91,7 +91,7 @@ class Connection(ControlMixin):
         if cuda_ipc is not None:
             self.hello = handshake.local_hello(cuda_ipc)
             try:
-                send_views(self.sock, [memoryview(codec.control_frame(
+                send_views(self.sock, [memoryview(frames.control_frame(
                     {"hello": self.hello.to_json()}))], 30.0)
             except OSError:
                 pass  # the peer is already gone: the first recv or send says so
@@ -136,7 +136,7 @@ class Connection(ControlMixin):
         self._check_open()
         with self._send_lock:
             try:
-                send_views(self.sock, codec.frame_buffers(enc), timeout)
+                send_views(self.sock, frames.frame_buffers(enc), timeout)
             except (TimeoutError, OSError) as exc:
                 self.close()
                 if isinstance(exc, TimeoutError):
@@ -219,7 +219,7 @@ class Connection(ControlMixin):
         self._started = False
         self._import = None
         try:
-            value = codec.read_frame(
+            value = frames.read_frame(
                 self._readinto, cuda_import=None if self.hello is None else self._import_node,
                 on_control=None if self.hello is None else self._on_control)
         except _cuda.CudaIpcError as exc:

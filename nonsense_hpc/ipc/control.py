@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from nonsense_hpc.errors import WireError
-from nonsense_hpc.ipc import codec, handshake
+from nonsense_hpc.ipc import codec, frames, handshake
 from nonsense_hpc.ipc import cuda_ipc as _cuda
 from nonsense_hpc.ipc.handshake import Hello, Transport
 from nonsense_hpc.ipc.sockio import send_views
@@ -174,8 +174,8 @@ class ControlMixin:
             return
         try:
             with self._send_lock:
-                frames = [memoryview(codec.control_frame(m)) for m in imp.replies(error)]
-                send_views(self.sock, frames, 30.0)
+                replies = [memoryview(frames.control_frame(m)) for m in imp.replies(error)]
+                send_views(self.sock, replies, 30.0)
         except OSError:
             pass  # the sender is gone (or stuck); its handles die with it
 
@@ -204,7 +204,7 @@ class ControlMixin:
             header = bytes(self._rbuf[start:start + hlen])
             self._rpos = start + hlen
             try:
-                self._on_control(codec.parse_control(header))
+                self._on_control(frames.parse_control(header))
             except WireError:
                 self.close()
                 raise

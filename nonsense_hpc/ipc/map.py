@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from nonsense_hpc.errors import RemoteError, WireError
-from nonsense_hpc.ipc import codec, remote, spawn
+from nonsense_hpc.ipc import codec, frames, remote, spawn
 from nonsense_hpc.ipc.connection import Connection, send_views
 from nonsense_hpc.ipc.workqueue import SCOPE_ENV, scope
 
@@ -51,7 +51,7 @@ def run_worker(conn: Connection, init: dict[str, Any]) -> int:
     except BaseException as exc:
         reply = codec.encode(["error", remote.describe(exc)])
     try:
-        send_views(conn.sock, codec.frame_buffers(reply))
+        send_views(conn.sock, frames.frame_buffers(reply))
     except OSError:
         return 1  # the parent is gone; nobody to tell
     return 0

@@ -33,7 +33,7 @@ import time
 from typing import Any
 
 from nonsense_hpc.errors import WireError
-from nonsense_hpc.ipc import codec
+from nonsense_hpc.ipc import codec, frames
 from nonsense_hpc.ipc.connection import Connection, send_views
 
 __all__ = ["SCOPE_ENV", "WorkQueue", "scope", "workqueue"]
@@ -104,13 +104,13 @@ class WorkQueue:
             enc = codec.encode(["item", value])
             if self.closed:
                 raise ValueError(f"workqueue {self.name!r} is closed")
-            self._broker.put(b"".join(codec.frame_buffers(enc)))
+            self._broker.put(b"".join(frames.frame_buffers(enc)))
             return
         enc = codec.encode(["write", value])
         if self._conn is None or self.closed:
             raise ConnectionError(f"workqueue {self.name!r} is closed")
         with self._lock:
-            send_views(self._conn.sock, codec.frame_buffers(enc))
+            send_views(self._conn.sock, frames.frame_buffers(enc))
 
     def read(self, block: bool = True, timeout: float | None = None) -> Any:
         """Take the next item: an answer (owner) or a work item (reader).

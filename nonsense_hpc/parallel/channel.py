@@ -31,7 +31,7 @@ import time
 from typing import Any
 
 from nonsense_hpc.errors import WireError
-from nonsense_hpc.ipc import codec
+from nonsense_hpc.ipc import codec, frames
 from nonsense_hpc.ipc.sockio import Spinner
 
 __all__ = ["SLOTS", "Endpoint", "new_segment"]
@@ -104,7 +104,7 @@ class Endpoint:
             self._check()
             deadline = None if timeout is None else time.monotonic() + timeout
             try:
-                for view in codec.frame_buffers(enc):
+                for view in frames.frame_buffers(enc):
                     self._write(view.cast("B") if view.format != "B" else view, deadline)
                 if self._out_fill:
                     self._flush()
@@ -129,7 +129,7 @@ class Endpoint:
             while not self._available():
                 self._pump(deadline)  # TimeoutError here leaves the channel intact
             try:
-                return codec.read_frame(lambda view: self._readinto(view, deadline))
+                return frames.read_frame(lambda view: self._readinto(view, deadline))
             except (TimeoutError, WireError) as exc:
                 self._broken = f"a receive failed half-way: {exc}"
                 raise

@@ -11,11 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nonsense_hpc.errors import WireError
-from nonsense_hpc.ipc import codec
+from nonsense_hpc.ipc import codec, frames
 
 
 def roundtrip(value):
-    return codec.from_bytes(codec.to_bytes(value))
+    return frames.from_bytes(frames.to_bytes(value))
 
 
 def test_primitives_roundtrip_exactly():
@@ -101,21 +101,21 @@ def test_bad_dict_key_is_refused():
 
 
 def test_malformed_frames_raise_wire_error():
-    good = codec.to_bytes({"x": torch.ones(2)})
+    good = frames.to_bytes({"x": torch.ones(2)})
     with pytest.raises(WireError):
-        codec.from_bytes(b"XXXX" + good[4:])
+        frames.from_bytes(b"XXXX" + good[4:])
     with pytest.raises(WireError):
-        codec.from_bytes(good[:-1])
+        frames.from_bytes(good[:-1])
     with pytest.raises(WireError):
-        codec.from_bytes(good + b"x")
+        frames.from_bytes(good + b"x")
     header = b'{"$torch":0,"dtype":"float32","shape":[3],"device":"cpu"}'
     frame = struct.pack("<4sIII", b"NHI1", len(header), 1, 0) + struct.pack("<Q", 8)
     with pytest.raises(WireError, match="does not hold"):
-        codec.from_bytes(frame + header + bytes(8))
+        frames.from_bytes(frame + header + bytes(8))
     evil = b'{"$torch":0,"dtype":"load","shape":[2],"device":"cpu"}'
     frame = struct.pack("<4sIII", b"NHI1", len(evil), 1, 0) + struct.pack("<Q", 8)
     with pytest.raises(WireError, match="dtype"):
-        codec.from_bytes(frame + evil + bytes(8))
+        frames.from_bytes(frame + evil + bytes(8))
     with pytest.raises(WireError):
         codec.decode(b'{"$pickle": 0}', [])
 
@@ -138,7 +138,7 @@ def test_roundtrip_property(value):
 @given(st.binary(max_size=200))
 def test_garbage_never_crashes_decoder(data):
     try:
-        codec.from_bytes(data)
+        frames.from_bytes(data)
     except WireError:
         pass
 

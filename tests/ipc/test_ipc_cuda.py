@@ -16,7 +16,7 @@ import torch
 
 from nonsense_hpc import ipc
 from nonsense_hpc.errors import ConfigError, WireError
-from nonsense_hpc.ipc import codec
+from nonsense_hpc.ipc import codec, frames
 from nonsense_hpc.ipc.cuda_ipc import CudaIpcError, IpcHandle
 from nonsense_hpc.ipc.handshake import Hello, choose_transport, host_identity, local_hello
 
@@ -64,7 +64,7 @@ def cuda_echo_child(port, env, mapid):
 
 # --- helpers ------------------------------------------------------------------------------
 def _control(message):
-    return codec.control_frame(message)
+    return frames.control_frame(message)
 
 
 def _value_frame(tree):
@@ -235,7 +235,7 @@ def test_descriptor_validation(field, value, match):
 
 def test_cuda_descriptor_without_a_handshake_is_a_wire_error():
     with pytest.raises(WireError, match="did not negotiate CUDA IPC"):
-        codec.from_bytes(_value_frame(_ipc_tree(_descriptor())))
+        frames.from_bytes(_value_frame(_ipc_tree(_descriptor())))
 
 
 def test_staged_cuda_descriptor_says_host_transport():
@@ -270,7 +270,7 @@ def test_handle_at_a_receiver_that_cannot_open_it_is_a_clear_error_and_a_nack(se
         assert nack["nack"]["frame"] == 7 and nack["nack"]["released"] == []
         assert "CUDA IPC" in nack["nack"]["error"]
         # The frame was read to its end: the connection is still usable.
-        raw.sendall(codec.to_bytes("after"))
+        raw.sendall(frames.to_bytes("after"))
         assert server.recv_any(timeout=10) == "after"
 
 
@@ -307,7 +307,7 @@ def test_malformed_hello_is_a_wire_error(server):
     with socket.create_connection(("127.0.0.1", server.port)) as raw:
         raw.sendall(_control({"hello": {"version": 1, "host": "h", "pid": "x",
                                         "cuda_ipc": True}}))
-        raw.sendall(codec.to_bytes("never read"))
+        raw.sendall(frames.to_bytes("never read"))
         with pytest.raises(WireError, match="malformed hello"):
             server.recv_any(timeout=10)
 

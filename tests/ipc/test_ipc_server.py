@@ -9,7 +9,7 @@ import torch
 
 from nonsense_hpc import ipc
 from nonsense_hpc.errors import WireError
-from nonsense_hpc.ipc import codec
+from nonsense_hpc.ipc import frames
 
 
 @pytest.fixture
@@ -176,7 +176,7 @@ def test_send_to_a_peer_that_does_not_read_times_out_and_closes(server):
 def test_a_message_that_stalls_half_way_times_out_and_closes(server):
     with socket.create_connection(("127.0.0.1", server.port)) as raw:
         conn = server.clients(1, timeout=10)[0]
-        raw.sendall(codec.to_bytes(torch.arange(1000))[:100])  # the rest never comes
+        raw.sendall(frames.to_bytes(torch.arange(1000))[:100])  # the rest never comes
         with pytest.raises(TimeoutError, match="stalled"):
             conn.recv(timeout=0.3)
         assert conn.closed
