@@ -84,10 +84,13 @@ def _publish_matrix(comm, who, rpn=0):
                 assert m.array.tolist() == [m.rank] * 4
             else:
                 assert m.data == {"loss": 1.0 / (m.rank + 1)}
-        sub.close()
-        fwd.terminate()
+    # Publishers leave before the hub stops, as in a job: every rank closes its
+    # publisher while the Forwarder still runs, then rank 0 stops the Forwarder.
     pub.close()
     comm.Barrier()
+    if rank == 0:
+        sub.close()
+        fwd.terminate()
 
 
 def test_publisher_every_rank(comm):
