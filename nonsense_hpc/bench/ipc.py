@@ -225,13 +225,7 @@ def _tcp_case(nbytes: int, count: int) -> list[dict[str, Any]]:
     with ipc.server("127.0.0.1", 0) as srv:
         job = ipc.map(1, tcp_ipc_sink, srv.port, count)
         conn = srv.clients(1, timeout=60)[0]
-        srv.send(tensor, conn)
-        srv.recv(conn, timeout=120)
-        t0 = time.perf_counter()
-        for _ in range(count):
-            srv.send(tensor, conn)
-        total = srv.recv(conn, timeout=120)
-        dt = time.perf_counter() - t0
+        total, dt = _timed_sends(srv, conn, tensor, count)
         job.join(timeout=60)
     rows.append(_rate("ipc server.send (tensor)", count, nbytes, dt) | {"received": total})
     # Raw socket: sendall of the same bytes.
@@ -253,6 +247,17 @@ def _tcp_case(nbytes: int, count: int) -> list[dict[str, Any]]:
     return rows
 
 
+def _timed_sends(srv: Any, conn: Any, tensor: Any, count: int) -> tuple[Any, float]:
+    """One warm-up round trip, then ``count`` sends timed until the receiver's total."""
+    srv.send(tensor, conn)
+    srv.recv(conn, timeout=120)
+    t0 = time.perf_counter()
+    for _ in range(count):
+        srv.send(tensor, conn)
+    total = srv.recv(conn, timeout=120)
+    return total, time.perf_counter() - t0
+
+
 def _cuda_case(nbytes: int, count: int) -> list[dict[str, Any]]:
     import torch
 
@@ -264,13 +269,7 @@ def _cuda_case(nbytes: int, count: int) -> list[dict[str, Any]]:
         with ipc.server("127.0.0.1", 0) as srv:
             job = ipc.map(1, cuda_ipc_sink, srv.port, count, env)
             conn = srv.clients(1, timeout=60)[0]
-            srv.send(tensor, conn)
-            srv.recv(conn, timeout=120)
-            t0 = time.perf_counter()
-            for _ in range(count):
-                srv.send(tensor, conn)
-            total = srv.recv(conn, timeout=120)
-            dt = time.perf_counter() - t0
+            total, dt = _timed_sends(srv, conn, tensor, count)
             transport = conn.last_transport
             srv.send("done", conn)
             job.join(timeout=60)
