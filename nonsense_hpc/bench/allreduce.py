@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import socket
 import statistics
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from nonsense_hpc.bench.plotting import save_figure
+from nonsense_hpc.comm.gloo import destroy_gloo, init_gloo
 
 __all__ = ["DEFAULT_SIZES", "PEERS", "Row", "run_benchmark", "write_plot"]
 
@@ -79,22 +79,6 @@ def _time(comm: Any, fn: Callable[[], object], nbytes: int, budget: float) -> tu
     return iters, float(statistics.median(times.tolist()))
 
 
-def _gloo(comm: Any) -> Any:
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        return dist
-    port = 0
-    if comm.Get_rank() == 0:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-    port = comm.bcast(port, root=0)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}",
-                            rank=comm.Get_rank(), world_size=comm.Get_size())
-    return dist
-
-
 def run_benchmark(sizes: list[int], peers: list[str], budget: float = 0.25,
                   progress: Callable[[str], None] | None = None) -> list[Row]:
     """Measure every peer at every size; collective over COMM_WORLD.
@@ -120,7 +104,7 @@ def run_benchmark(sizes: list[int], peers: list[str], budget: float = 0.25,
     comm = MPI.COMM_WORLD.Dup()
     p = comm.Get_size()
     tree = Tree(comm) if "tree" in peers else None
-    dist = _gloo(comm) if "gloo" in peers and p > 1 else None
+    dist = init_gloo(comm) if "gloo" in peers and p > 1 else None
     rows: list[Row] = []
     factor = 2 * (p - 1) / p if p > 1 else 1.0
     for nbytes in sizes:
@@ -152,7 +136,7 @@ def run_benchmark(sizes: list[int], peers: list[str], budget: float = 0.25,
     if tree is not None:
         tree.close()
     if dist is not None:
-        dist.destroy_process_group()
+        destroy_gloo(comm)
     comm.Free()
     return rows
 

@@ -2,9 +2,16 @@
 
 Started by the pytest plugin as ``mpirun -n NP python -m nonsense_hpc.testing.mpirunner
 FILE --report PREFIX``. Each rank appends one JSON line per test to ``PREFIX.rank<R>``:
-``{"test", "outcome": passed|failed|skipped|timeout, "detail", "seconds"}``. A hang guard
+``{"test", "outcome": passed|failed|skipped|timeout, "detail", "seconds"}``, after a
+``{"test", "outcome": "started"}`` line. A hang guard
 per test dumps every thread's stack and ends the rank, which ends the job, so the plugin
 reports the hung test by name instead of waiting for ever.
+
+The guard is two watchdogs. A Python timer thread writes a ``timeout`` record first; it
+needs the GIL, so a test stuck in C code that holds the GIL (a library destructor, say)
+would silence it. ``faulthandler``'s own C thread does not need the GIL: a little later it
+prints every thread's Python stack and ends the rank whatever the interpreter is doing.
+A ``started`` record written before each test names the test a rank was in even then.
 """
 
 from __future__ import annotations
@@ -42,6 +49,10 @@ def _is_skip(exc: BaseException) -> bool:
     return type(exc).__name__ == "Skipped"
 
 
+#: Seconds the C-level watchdog waits after the Python guard's deadline.
+C_GUARD_GRACE = 15.0
+
+
 class _Guard:
     """Ends this rank if a test runs past its timeout, after saying which test hung."""
 
@@ -64,8 +75,13 @@ class _Guard:
         self._timer = threading.Timer(seconds, fire)
         self._timer.daemon = True
         self._timer.start()
+        # Works with the GIL held elsewhere: prints the stacks and exits with status 1.
+        sys.stderr.flush()
+        faulthandler.dump_traceback_later(seconds + C_GUARD_GRACE, exit=True,
+                                          file=sys.stderr)
 
     def disarm(self) -> None:
+        faulthandler.cancel_dump_traceback_later()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -110,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
                 path.mkdir(parents=True, exist_ok=True)
             world.Barrier()
             kwargs["tmp_path"] = path
+        out.write(json.dumps({"test": name, "outcome": "started"}) + "\n")
+        out.flush()
         start = time.perf_counter()
         guard.arm(name, timeout)
         outcome, detail = "passed", ""

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from nonsense_hpc.launch import mpi_environment, mpirun_command
+from nonsense_hpc.testing.mpirunner import C_GUARD_GRACE
 
 __all__ = ["DEFAULT_NP", "MpiFile", "MpiItem"]
 
@@ -87,6 +88,7 @@ class _Run:
     timeout: float
     tests: list[str] = field(default_factory=list)
     results: dict[str, list[dict[str, Any]]] | None = None
+    started: dict[str, list[int]] = field(default_factory=dict)
     output: str = ""
     returncode: int | None = None
     timed_out: bool = False
@@ -102,7 +104,7 @@ class _Run:
             env.update(self.env)
             env.setdefault("PYTHONUNBUFFERED", "1")
             # Hard limit for the whole job: every test's guard, plus start-up slack.
-            limit = self.timeout * max(1, len(self.tests)) + 60
+            limit = (self.timeout + C_GUARD_GRACE) * max(1, len(self.tests)) + 60
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     env=env, text=True, start_new_session=True)
             try:
@@ -123,7 +125,10 @@ class _Run:
                     except json.JSONDecodeError:
                         continue
                     rec["rank"] = rank
-                    self.results.setdefault(rec["test"], []).append(rec)
+                    if rec.get("outcome") == "started":
+                        self.started.setdefault(rec["test"], []).append(rank)
+                    else:
+                        self.results.setdefault(rec["test"], []).append(rec)
 
 
 class MpiTestFailure(Exception):
@@ -199,10 +204,15 @@ class MpiItem(pytest.Item):
             missing = sorted(set(range(run.np)) - {r["rank"] for r in records})
             why = "the job hit its hard time limit" if run.timed_out else \
                 f"mpirun exited with status {run.returncode}"
-            tail = "\n".join(run.output.splitlines()[-40:])
-            raise MpiTestFailure(f"{where}: no result from rank(s) {missing}: {why} "
-                                 f"(an earlier test may have hung or killed a rank)\n"
-                                 f"--- mpirun output (tail) ---\n{tail}")
+            stuck = sorted(set(missing) & set(run.started.get(self.test, [])))
+            if stuck:
+                cause = (f"rank(s) {stuck} started this test and never finished it: it hung "
+                         "or died inside the test (stacks, if printed, are below)")
+            else:
+                cause = "an earlier test may have hung or killed a rank"
+            tail = "\n".join(run.output.splitlines()[-60:])
+            raise MpiTestFailure(f"{where}: no result from rank(s) {missing}: {why}; "
+                                 f"{cause}\n--- mpirun output (tail) ---\n{tail}")
         skipped = [r for r in records if r["outcome"] == "skipped"]
         if skipped:
             pytest.skip(f"{where}: {skipped[0]['detail']}")

@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nonsense_hpc.comm.gloo import destroy_gloo, init_gloo
 from nonsense_hpc.errors import ConfigError
 from nonsense_hpc.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from nonsense_hpc.train.data import batch_indices, load_rank_data
@@ -188,30 +189,14 @@ class _Reducer:
         if self.tree is not None:
             self.tree.close()
         else:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
+            destroy_gloo(self.comm)
 
 
 def _ddp(model: Any, comm: Any, timeout: float | None) -> Any:
     """Wrap ``model`` in DDP on gloo, rendezvous address from rank 0 over MPI."""
-    import datetime
-    import socket
-
-    import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    addr = None
-    if comm.Get_rank() == 0:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1" if comm.Get_size() == 1 else "", 0))
-            port = s.getsockname()[1]
-        host = "127.0.0.1" if comm.Get_size() == 1 else socket.gethostname()
-        addr = f"tcp://{host}:{port}"
-    addr = comm.bcast(addr, root=0)
-    dist.init_process_group("gloo", init_method=addr, rank=comm.Get_rank(),
-                            world_size=comm.Get_size(),
-                            timeout=datetime.timedelta(seconds=timeout or 120))
+    init_gloo(comm, timeout or 120)
     return DistributedDataParallel(model)
 
 
