@@ -16,6 +16,13 @@ constants tune the matrix::
 
 Items are named ``test_x[np=4]`` (or ``test_x[np=4-nodes2]``), so a failure names the
 test and the rank count.
+
+A test that runs past ``TIMEOUT`` is ended by its rank's hang guard, which prints every
+thread's stack; the job ends with it and the item fails as ``timeout on rank(s) [R]``. A
+rank stuck in C code that holds the GIL (where no Python thread can run) is ended by
+faulthandler's watchdog 15 s later; its item fails with "rank(s) [R] started this test and
+never finished it" and the stack in the mpirun output. ``--mpi-timeout-scale 2`` doubles
+every guard on a slow machine.
 """
 
 __all__: list[str] = []
