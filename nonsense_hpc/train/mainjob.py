@@ -36,7 +36,10 @@ def find_workflow(environ: Mapping[str, str] | None = None) -> Path:
     """The main job's Snakefile.
 
     Order: ``NONSENSE_WORKFLOW`` (a Snakefile or a directory holding one); the
-    ``workflows/`` directory next to the package's source tree; ``./workflows``.
+    ``workflows/`` directory next to the package's source tree (a checkout, or an
+    editable install); ``./workflows``; the copy a wheel install puts in
+    ``<prefix>/share/nonsense-hpc/workflows`` (the environment's prefix, or the one the
+    package was installed under with ``--prefix``/``--user``).
 
     Raises:
         ConfigError: none found (the message says where it looked).
@@ -52,6 +55,8 @@ def find_workflow(environ: Mapping[str, str] | None = None) -> Path:
     candidates.append(Path(nonsense_hpc.__file__).resolve().parents[1] / "workflows"
                       / "Snakefile")
     candidates.append(Path.cwd() / "workflows" / "Snakefile")
+    for prefix in _install_prefixes(Path(nonsense_hpc.__file__).resolve()):
+        candidates.append(prefix / "share" / "nonsense-hpc" / "workflows" / "Snakefile")
     for c in candidates:
         if c.is_file():
             return c.resolve()
@@ -59,6 +64,20 @@ def find_workflow(environ: Mapping[str, str] | None = None) -> Path:
     raise ConfigError(f"the main job's workflow was not found (looked at {looked}); run "
                       "from a checkout of nonsense_hpc (pip install -e '.[workflow]') or set "
                       "NONSENSE_WORKFLOW to workflows/Snakefile")
+
+
+def _install_prefixes(package_init: Path) -> list[Path]:
+    """Prefixes a wheel install may have put ``share/nonsense-hpc`` under."""
+    import site
+    import sys
+
+    found: list[Path] = []
+    # <prefix>/lib/pythonX.Y/site-packages/nonsense_hpc/__init__.py -> <prefix>
+    if len(package_init.parents) > 4 and package_init.parents[1].name in (
+            "site-packages", "dist-packages"):
+        found.append(package_init.parents[4])
+    found += [Path(sys.prefix), Path(site.getuserbase())]
+    return list(dict.fromkeys(found))
 
 
 def profile_path(snakefile: Path, name: str = "local") -> Path:
