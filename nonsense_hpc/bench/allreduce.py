@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 
 from nonsense_hpc.bench.plotting import save_figure
-from nonsense_hpc.comm.gloo import destroy_gloo, init_gloo
 
 __all__ = ["DEFAULT_SIZES", "PEERS", "Row", "run_benchmark", "write_plot"]
 
@@ -96,6 +95,7 @@ def run_benchmark(sizes: list[int], peers: list[str], budget: float = 0.25,
     from mpi4py import MPI
 
     from nonsense_hpc.comm import Tree
+    from nonsense_hpc.comm.gloo import destroy_gloo, init_gloo
 
     unknown = [p for p in peers if p not in PEERS]
     if unknown:

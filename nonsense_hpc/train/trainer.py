@@ -35,7 +35,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nonsense_hpc.comm.gloo import destroy_gloo, init_gloo
 from nonsense_hpc.errors import ConfigError
 from nonsense_hpc.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from nonsense_hpc.train.data import batch_indices, load_rank_data
@@ -189,12 +188,16 @@ class _Reducer:
         if self.tree is not None:
             self.tree.close()
         else:
+            from nonsense_hpc.comm.gloo import destroy_gloo
+
             destroy_gloo(self.comm)
 
 
 def _ddp(model: Any, comm: Any, timeout: float | None) -> Any:
     """Wrap ``model`` in DDP on gloo, rendezvous address from rank 0 over MPI."""
     from torch.nn.parallel import DistributedDataParallel
+
+    from nonsense_hpc.comm.gloo import init_gloo
 
     init_gloo(comm, timeout or 120)
     return DistributedDataParallel(model)
