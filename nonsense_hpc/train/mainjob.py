@@ -69,7 +69,6 @@ def find_workflow(environ: Mapping[str, str] | None = None) -> Path:
 def _install_prefixes(package_init: Path) -> list[Path]:
     """Prefixes a wheel install may have put ``share/nonsense-hpc`` under."""
     import site
-    import sys
 
     found: list[Path] = []
     # <prefix>/lib/pythonX.Y/site-packages/nonsense_hpc/__init__.py -> <prefix>
