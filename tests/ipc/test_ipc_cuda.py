@@ -106,13 +106,6 @@ def _ipc_tree(desc):
             "device": "cuda:0", "transport": "cuda_ipc"}
 
 
-@pytest.fixture
-def server():
-    srv = ipc.server("127.0.0.1", 0)
-    yield srv
-    srv.close()
-
-
 # --- the hello and the transport rule -----------------------------------------------------
 def test_hello_is_exchanged_on_real_sockets(server):
     with ipc.client("127.0.0.1", server.port) as client:

@@ -12,13 +12,6 @@ from nonsense_hpc.errors import WireError
 from nonsense_hpc.ipc import frames
 
 
-@pytest.fixture
-def server():
-    srv = ipc.server("127.0.0.1", 0)
-    yield srv
-    srv.close()
-
-
 def test_seed_readme_example(server):
     client = ipc.client("127.0.0.1", server.port)
     client.send("hi")
